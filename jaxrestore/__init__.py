@@ -1,0 +1,24 @@
+"""jaxrestore: learned and classical solvers for image restoration in JAX.
+
+Images are ``(H, W, C)`` float arrays in ``[0, 1]``; batches add a leading axis and are handled
+with ``jax.vmap`` (over operators too: one kernel per image).
+"""
+
+from jaxrestore import kernels, metrics, noise, operators, regularizers, solvers
+from jaxrestore.metrics import psnr, ssim, ssim_irestnet
+from jaxrestore.noise import add_gaussian_noise, add_noise, estimate_sigma
+from jaxrestore.operators import Blur, Downsample, Identity, Inpaint
+from jaxrestore.prox import barrier_prox
+from jaxrestore.regularizers import tv_smooth, tv_smooth_grad
+from jaxrestore.solvers import proximal_interior_point, projected_gradient, run, run_to_tolerance, wiener
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "kernels", "metrics", "noise", "operators", "regularizers", "solvers",
+    "Blur", "Downsample", "Identity", "Inpaint",
+    "barrier_prox", "tv_smooth", "tv_smooth_grad",
+    "add_gaussian_noise", "add_noise", "estimate_sigma",
+    "psnr", "ssim", "ssim_irestnet",
+    "projected_gradient", "proximal_interior_point", "wiener", "run", "run_to_tolerance",
+]

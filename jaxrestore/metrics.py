@@ -1,0 +1,41 @@
+"""Image quality metrics: PSNR, differentiable SSIM (dm-pix), and the iRestNet evaluation SSIM."""
+
+from __future__ import annotations
+
+import dm_pix
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrestore._validation import check_image
+
+
+def psnr(x, y, data_range=1.0):
+    """Peak signal-to-noise ratio in dB over the last three axes (``(..., H, W, C)``)."""
+    mse = jnp.mean((jnp.asarray(x) - jnp.asarray(y)) ** 2, axis=(-3, -2, -1))
+    return 10.0 * jnp.log10(data_range**2 / mse)
+
+
+def ssim(x, y, data_range=1.0):
+    """Differentiable SSIM (Wang et al. 2004) of ``(..., H, W, C)`` images: 11x11 Gaussian window
+    with std 1.5, population covariances, 'valid' filtering, averaged over pixels and channels.
+    Equal to scikit-image's ``structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False)``."""
+    return dm_pix.ssim(jnp.asarray(x), jnp.asarray(y), max_val=data_range)
+
+
+def ssim_irestnet(gt, est, border: int = 6) -> float:
+    """The SSIM reported in the iRestNet paper (Table 1): scikit-image ``structural_similarity``
+    with Gaussian weights and its default sample covariance, ``data_range=1``, on
+    ``[border:-border, border:-border]`` (``[6:250, 6:250]`` for 256x256 crops). Not
+    differentiable; evaluates one ``(H, W, C)`` pair on the host."""
+    from skimage.metrics import structural_similarity
+
+    gt, est = np.asarray(gt, np.float64), np.asarray(est, np.float64)
+    check_image(gt, "gt")
+    if gt.shape != est.shape:
+        raise ValueError(f"gt and est shapes differ: {gt.shape} vs {est.shape}")
+    region = (slice(border, gt.shape[0] - border), slice(border, gt.shape[1] - border))
+    return float(structural_similarity(gt[region], est[region], gaussian_weights=True, data_range=1.0, channel_axis=-1))
+
+
+__all__ = ["psnr", "ssim", "ssim_irestnet"]

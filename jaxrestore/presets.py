@@ -1,0 +1,122 @@
+"""Degradation presets (``configs/presets/*.yaml``): kernel, noise and tuned VAR parameters of
+the iRestNet settings GaussA, GaussB, GaussC, Motion and Square."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from jaxrestore import kernels as _kernels
+from jaxrestore._validation import check_kernel
+
+KERNEL_DIR_ENV = "JAXRESTORE_KERNELS"
+
+
+def configs_dir() -> Path:
+    """The ``configs/`` folder: packaged inside the wheel as ``jaxrestore/_configs``, or the
+    repository's top-level ``configs/`` for a source checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_configs", here.parent / "configs"):
+        if (cand / "presets").is_dir():
+            return cand
+    raise ValueError("cannot find the jaxrestore configs folder (configs/presets)")
+
+
+def default_kernel_dir() -> Path:
+    """``$JAXRESTORE_KERNELS``, else ``../shared/data/kernels`` next to the working directory or
+    the repository."""
+    if os.environ.get(KERNEL_DIR_ENV):
+        return Path(os.environ[KERNEL_DIR_ENV])
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        cand = base.parent / "shared" / "data" / "kernels"
+        if cand.is_dir():
+            return cand
+    return Path.cwd() / ".." / "shared" / "data" / "kernels"
+
+
+def kernel_from_spec(spec: dict, kernel_dir=None) -> np.ndarray:
+    """Build a kernel from a preset's ``kernel:`` mapping: ``{type: gaussian, size, std}``,
+    ``{type: box, size, width}``, or ``{type: npz, file, key}`` (file relative to
+    ``kernel_dir``)."""
+    kind = spec.get("type")
+    if kind == "gaussian":
+        return _kernels.gaussian(spec["size"], spec["std"])
+    if kind == "box":
+        return _kernels.box(spec["size"], spec.get("width"))
+    if kind == "npz":
+        folder = Path(kernel_dir) if kernel_dir is not None else default_kernel_dir()
+        path = folder / spec["file"]
+        if not path.is_file():
+            raise ValueError(
+                f"kernel file {spec['file']} not found in {folder}; pass --kernel-dir or set ${KERNEL_DIR_ENV} "
+                "to the folder holding it"
+            )
+        return _kernels.load_kernel(path, spec["key"])
+    raise ValueError(f"unknown kernel type {kind!r} (expected gaussian, box or npz)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    kernel_spec: dict
+    convention: str
+    noise_std: float | None
+    noise_range: tuple[float, float] | None
+    var: dict
+    paper: dict
+
+    def kernel(self, kernel_dir=None) -> np.ndarray:
+        return check_kernel(kernel_from_spec(self.kernel_spec, kernel_dir), name=f"kernel of preset {self.name}")
+
+    def operator(self, image_shape, kernel_dir=None):
+        from jaxrestore.operators import Blur
+
+        return Blur.from_kernel(self.kernel(kernel_dir), image_shape, self.convention)
+
+    def noise_level(self, rng: np.random.Generator | None = None) -> float:
+        """The fixed noise std, or one drawn uniformly from ``noise_range`` with ``rng``."""
+        if self.noise_std is not None:
+            return float(self.noise_std)
+        if rng is None:
+            raise ValueError(f"preset {self.name} draws its noise level per image: pass an rng")
+        return float(rng.uniform(*self.noise_range))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in (configs_dir() / "presets").glob("*.yaml"))
+
+
+def load_preset(name_or_path) -> Preset:
+    """A preset by name (``gaussA``, ``motion``, ...; case-insensitive) or YAML path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        names = {n.lower(): n for n in list_presets()}
+        key = str(name_or_path).lower()
+        if key not in names:
+            raise ValueError(f"unknown preset {name_or_path!r}; available: {', '.join(list_presets())}")
+        path = configs_dir() / "presets" / f"{names[key]}.yaml"
+    if not path.is_file():
+        raise ValueError(f"preset file not found: {path}")
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    noise = cfg.get("noise", {})
+    if ("std" in noise) == ("range" in noise):
+        raise ValueError(f"preset {path}: noise needs exactly one of std and range")
+    return Preset(
+        name=cfg["name"],
+        description=cfg.get("description", ""),
+        kernel_spec=dict(cfg["kernel"]),
+        convention=cfg.get("convention", "convolution"),
+        noise_std=float(noise["std"]) if "std" in noise else None,
+        noise_range=tuple(float(v) for v in noise["range"]) if "range" in noise else None,
+        var=dict(cfg.get("var", {})),
+        paper=dict(cfg.get("paper", {})),
+    )
+
+
+__all__ = ["Preset", "load_preset", "list_presets", "configs_dir", "default_kernel_dir", "kernel_from_spec"]
