@@ -114,9 +114,30 @@ def load_preset(name_or_path) -> Preset:
         convention=cfg.get("convention", "convolution"),
         noise_std=float(noise["std"]) if "std" in noise else None,
         noise_range=tuple(float(v) for v in noise["range"]) if "range" in noise else None,
-        var=dict(cfg.get("var", {})),
+        # PyYAML reads "1e-5" (no dot) as a string: coerce the numeric fields
+        var={k: (None if v is None else int(v) if k == "iterations" else float(v)) for k, v in (cfg.get("var") or {}).items()},
         paper=dict(cfg.get("paper", {})),
     )
 
 
-__all__ = ["Preset", "load_preset", "list_presets", "configs_dir", "default_kernel_dir", "kernel_from_spec"]
+def var_params_for_sigma(sigma: float) -> tuple[float, float, int]:
+    """VAR ``(lam, delta, iterations)`` for a noise level ``sigma`` when no preset applies: a
+    power law ``lam = a sigma^p`` fitted (least squares in log-log) to the tuned fixed-noise
+    presets; ``delta`` and ``iterations`` from the preset of nearest noise level."""
+    if not sigma > 0:
+        raise ValueError(f"noise level must be > 0, got {sigma}")
+    tuned = [load_preset(n) for n in list_presets()]
+    tuned = [p for p in tuned if p.noise_std is not None and p.var.get("lam")]
+    if not tuned:
+        raise ValueError("no preset carries tuned VAR parameters")
+    s = np.log([p.noise_std for p in tuned])
+    lam = np.log([p.var["lam"] for p in tuned])
+    if len(set(s)) > 1:
+        slope, icpt = np.polyfit(s, lam, 1)
+    else:
+        slope, icpt = 2.0, lam.mean() - 2.0 * s.mean()
+    nearest = min(tuned, key=lambda p: abs(np.log(p.noise_std) - np.log(sigma)))
+    return float(np.exp(icpt + slope * np.log(sigma))), float(nearest.var["delta"]), int(nearest.var["iterations"])
+
+
+__all__ = ["Preset", "var_params_for_sigma", "load_preset", "list_presets", "configs_dir", "default_kernel_dir", "kernel_from_spec"]

@@ -53,7 +53,7 @@ def degrade_set(names, gt, preset: Preset, seed: int = 0, kernel_dir=None) -> De
     return DegradedSet(list(names), gt, np.stack(ys), np.asarray(sigmas))
 
 
-def restore_var(y, kernel, convention: str, lam, delta, iterations: int, batch_size: int = 16):
+def restore_var(y, kernel, convention: str, lam, delta, iterations: int, batch_size: int = 20):
     """VAR: projected (FISTA) gradient on ``1/2||Hx - y||^2 + lam R(x)`` over ``[0, 1]^n`` for a
     batch ``y`` ``(N, H, W, 3)``, float32, jitted and vmapped in chunks. ``lam`` may be a scalar
     or one value per image."""
