@@ -4,6 +4,7 @@ Every operator maps an ``(H, W, C)`` image to its observation and offers
 
 * ``op(x)``: the forward model ``A x``;
 * ``op.adjoint(y)``: ``A^T y``;
+* ``op.gram(x)``: ``A^T A x`` (one FFT round trip for blurs);
 * ``op.prox_data(z, y, rho)``: ``argmin_x 1/2 ||A x - y||^2 + rho/2 ||x - z||^2`` in closed form;
 * ``op.lipschitz()``: ``||A||^2``, the Lipschitz constant of the data-term gradient.
 
@@ -87,6 +88,9 @@ class Identity:
         _check_input(y, self.shape, "y")
         return y
 
+    def gram(self, x):
+        return self(x)
+
     def prox_data(self, z, y, rho):
         return (y + rho * z) / (1.0 + rho)
 
@@ -125,6 +129,10 @@ class Inpaint:
     def adjoint(self, y):
         _check_input(y, self.shape, "y")
         return self.mask[..., None] * y
+
+    def gram(self, x):
+        _check_input(x, self.shape, "x")
+        return self.mask[..., None] ** 2 * x
 
     def prox_data(self, z, y, rho):
         m = self.mask[..., None]
@@ -238,6 +246,9 @@ class Downsample:
 
     def adjoint(self, y):
         return self._filter(self.upsample_zero_fill(y), jnp.conj(self.otf))
+
+    def gram(self, x):
+        return self.adjoint(self(x))
 
     def _block_mean(self, a):
         s = self.factor

@@ -14,7 +14,7 @@ from jaxrestore.solvers.base import Solver
 
 class IPState(NamedTuple):
     x: jax.Array  # iterate, strictly inside (0, beta) after the first step
-    y: jax.Array  # observation
+    aty: jax.Array  # A^T y, computed once
 
 
 class IPParams(NamedTuple):
@@ -35,13 +35,13 @@ def proximal_interior_point(op, delta=0.01, *, beta=1.0, tv_gradient: TVGradient
     """
 
     def init(y):
-        return IPState(y, y)
+        return IPState(y, op.adjoint(y))
 
     def step(state, params: IPParams):
-        x, y = state
-        g = op.adjoint(op(x) - y) + params.lam * tv_smooth_grad(x, delta, tv_gradient)
+        x, aty = state
+        g = op.gram(x) - aty + params.lam * tv_smooth_grad(x, delta, tv_gradient)
         u = x - params.gamma * g
-        return IPState(barrier_prox(u, params.gamma * params.mu, beta), y)
+        return IPState(barrier_prox(u, params.gamma * params.mu, beta), aty)
 
     return Solver(init, step)
 

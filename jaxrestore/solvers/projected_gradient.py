@@ -16,7 +16,7 @@ class PGState(NamedTuple):
     x: jax.Array  # current iterate, in [0, beta]
     z: jax.Array  # extrapolated point (equals x without acceleration)
     t: jax.Array  # FISTA momentum parameter
-    y: jax.Array  # observation
+    aty: jax.Array  # A^T y, computed once
 
 
 def tv_objective(op, y, x, lam, delta=0.01):
@@ -32,25 +32,27 @@ def projected_gradient(op, lam, delta=0.01, *, beta=1.0, step_size=None, acceler
 
     ``step_size`` defaults to ``1 / L`` with ``L = ||A||^2 + 8 lam / delta^2``, the Lipschitz
     constant of the smooth part, which guarantees monotone convergence of the plain iteration.
+    ``x_0`` is ``clip(y)`` (``clip(A^T y)`` when ``y`` has another size, e.g. super-resolution).
     ``step(state, params)`` ignores ``params``.
     """
     tau = step_size if step_size is not None else 1.0 / (op.lipschitz() + lam * tv_lipschitz(delta))
 
-    def grad(x, y):
-        return op.adjoint(op(x) - y) + lam * tv_smooth_grad(x, delta, tv_gradient)
+    def grad(x, aty):
+        # A^T (A x - y) = A^T A x - A^T y: one FFT round trip per iteration instead of two
+        return op.gram(x) - aty + lam * tv_smooth_grad(x, delta, tv_gradient)
 
     def init(y):
-        x = jnp.clip(y, 0.0, beta)
-        return PGState(x, x, jnp.ones((), x.dtype), y)
+        x = jnp.clip(op.adjoint(y) if y.shape[:2] != op.shape else y, 0.0, beta)
+        return PGState(x, x, jnp.ones((), x.dtype), op.adjoint(y))
 
     def step(state, params=None):
         del params
-        x = jnp.clip(state.z - tau * grad(state.z, state.y), 0.0, beta)
+        x = jnp.clip(state.z - tau * grad(state.z, state.aty), 0.0, beta)
         if not accelerate:
-            return PGState(x, x, state.t, state.y)
+            return PGState(x, x, state.t, state.aty)
         t = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * state.t**2))
         z = x + ((state.t - 1.0) / t) * (x - state.x)
-        return PGState(x, z, t, state.y)
+        return PGState(x, z, t, state.aty)
 
     return Solver(init, step)
 
