@@ -20,6 +20,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrestore._validation import check_image
+
 
 class Solver(NamedTuple):
     init: Callable[[jax.Array], Any]
@@ -44,6 +46,7 @@ def run(solver: Solver, y, params=None, *, num_iters: int | None = None, trace: 
     ``trace(state) -> pytree`` records a quantity after every step (e.g. PSNR per iteration);
     the function then returns ``(state, history)``.
     """
+    check_image(y, "y")
     if num_iters is None:
         leaves = jax.tree_util.tree_leaves(params)
         if not leaves:
@@ -72,6 +75,7 @@ def run_to_tolerance(solver: Solver, y, params=None, *, tol: float = 1e-4, max_i
     """Iterate with ``lax.while_loop`` until the relative change of ``state.x`` drops below
     ``tol`` or ``max_iters`` steps are done. Returns ``(state, SolveInfo)``; non-convergence is
     reported in ``info.converged``, never hidden."""
+    check_image(y, "y")
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
     state0 = solver.init(y)

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxrestore._validation import is_concrete
 from jaxrestore.regularizers import TVGradient, tv_lipschitz, tv_smooth, tv_smooth_grad
 from jaxrestore.solvers.base import Solver
 
@@ -35,6 +36,9 @@ def projected_gradient(op, lam, delta=0.01, *, beta=1.0, step_size=None, acceler
     ``x_0`` is ``clip(y)`` (``clip(A^T y)`` when ``y`` has another size, e.g. super-resolution).
     ``step(state, params)`` ignores ``params``.
     """
+    for name, value, ok in (("lam", lam, lambda v: v >= 0), ("delta", delta, lambda v: v > 0)):
+        if is_concrete(value) and not (jnp.all(jnp.isfinite(value)) and ok(value)):
+            raise ValueError(f"projected_gradient: {name} must be finite and {'>= 0' if name == 'lam' else '> 0'}, got {value}")
     tau = step_size if step_size is not None else 1.0 / (op.lipschitz() + lam * tv_lipschitz(delta))
 
     def grad(x, aty):

@@ -6,6 +6,7 @@ from typing import Literal
 
 import jax.numpy as jnp
 
+from jaxrestore._validation import check_image, check_positive
 from jaxrestore.operators import Blur
 
 
@@ -24,6 +25,8 @@ def wiener(op, y, lam, regularizer: Literal["gradient", "identity"] = "gradient"
     ``1/|f|^2`` image spectrum), for :class:`~jaxrestore.operators.Blur`.
     ``regularizer="identity"``: ``L = I``, for any operator (through ``op.prox_data``).
     """
+    check_image(y, "y")
+    check_positive(lam, "lam")
     if regularizer == "identity":
         return op.prox_data(jnp.zeros(op.shape + y.shape[2:], y.dtype), y, lam)
     if regularizer != "gradient":
