@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from jaxrestore.data import atomic_open
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,10 +34,6 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def write_json(path, obj) -> None:
     """Atomic JSON write (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from functools import partial
 
 import jax
@@ -84,8 +85,9 @@ def bicubic(factor: int, a: float = -0.5, antialias: bool = False) -> np.ndarray
     return np.outer(w1, w1)
 
 
-def load_kernels(path) -> dict[str, np.ndarray]:
-    """All kernels of an ``.npz`` file (e.g. ``../shared/data/kernels/levin09.npz``), each validated."""
+def load_kernels(path, validate: bool = True) -> dict[str, np.ndarray]:
+    """All kernels of an ``.npz`` file (e.g. ``../shared/data/kernels/levin09.npz``), each
+    validated unless ``validate=False``."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"kernel file not found: {path}")
@@ -94,30 +96,36 @@ def load_kernels(path) -> dict[str, np.ndarray]:
             kernels = {k: np.asarray(data[k], dtype=np.float64) for k in data.files}
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise ValueError(f"cannot read kernels from {path}: {e}") from None
-    for name, k in kernels.items():
-        check_kernel(k, name=f"kernel {name!r} in {path}")
+    if validate:
+        for name, k in kernels.items():
+            check_kernel(k, name=f"kernel {name!r} in {path}")
     return kernels
 
 
 def load_kernel(path, key: str | None = None) -> np.ndarray:
-    """One kernel from an ``.npz`` (by ``key``; optional when the file holds one), ``.npy``, or
-    a whitespace/comma-separated text file."""
+    """One validated kernel from an ``.npz`` (by ``key``; optional when the file holds one),
+    ``.npy``, or a whitespace/comma-separated text file (``.csv``: commas). A 1-D array is read
+    as a one-row kernel."""
     path = os.fspath(path)
     if path.endswith(".npz"):
-        kernels = load_kernels(path)
+        kernels = load_kernels(path, validate=False)
         if key is None:
             if len(kernels) != 1:
                 raise ValueError(f"{path} holds {sorted(kernels)}; choose one with a key")
-            return next(iter(kernels.values()))
+            key = next(iter(kernels))
         if key not in kernels:
             raise ValueError(f"kernel {key!r} not in {path}; available: {sorted(kernels)}")
-        return kernels[key]
+        return check_kernel(kernels[key], name=f"kernel {key!r} in {path}")
     if not os.path.isfile(path):
         raise ValueError(f"kernel file not found: {path}")
     try:
-        k = np.load(path) if path.endswith(".npy") else np.loadtxt(path, delimiter="," if path.endswith(".csv") else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # loadtxt warns on an empty file; we raise below
+            k = np.load(path) if path.endswith(".npy") else np.loadtxt(path, delimiter="," if path.endswith(".csv") else None)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read a kernel from {path}: {e}") from None
+    if np.size(k) == 0:
+        raise ValueError(f"kernel file {path} is empty")
     k = np.atleast_2d(np.asarray(k, dtype=np.float64))
     return check_kernel(k, name=f"kernel in {path}")
 

@@ -4,6 +4,7 @@ the iRestNet settings GaussA, GaussB, GaussC, Motion and Square."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
@@ -93,6 +94,11 @@ def list_presets() -> list[str]:
 
 def load_preset(name_or_path) -> Preset:
     """A preset by name (``gaussA``, ``motion``, ...; case-insensitive) or YAML path."""
+    return _load_preset(str(name_or_path))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_preset(name_or_path: str) -> Preset:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         names = {n.lower(): n for n in list_presets()}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from jaxrestore.data.atomic import atomic_open
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -63,18 +63,8 @@ def save_image(path, x) -> Path:
     if ext not in IMAGE_EXTENSIONS:
         raise ValueError(f"unknown image extension {path.suffix!r} for {path}; use one of {IMAGE_EXTENSIONS}")
     img = Image.fromarray(np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=ext, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=Image.registered_extensions()[ext])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        img.save(f, format=Image.registered_extensions()[ext])
     return path
 
 
