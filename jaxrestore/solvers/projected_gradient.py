@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrestore._validation import is_concrete
 from jaxrestore.regularizers import TVGradient, tv_lipschitz, tv_smooth, tv_smooth_grad
@@ -37,7 +38,8 @@ def projected_gradient(op, lam, delta=0.01, *, beta=1.0, step_size=None, acceler
     ``step(state, params)`` ignores ``params``.
     """
     for name, value, ok in (("lam", lam, lambda v: v >= 0), ("delta", delta, lambda v: v > 0)):
-        if is_concrete(value) and not (jnp.all(jnp.isfinite(value)) and ok(value)):
+        # numpy, not jnp: inside jit even a Python float becomes a tracer once jnp touches it
+        if is_concrete(value) and not (np.all(np.isfinite(np.asarray(value))) and np.all(ok(np.asarray(value)))):
             raise ValueError(f"projected_gradient: {name} must be finite and {'>= 0' if name == 'lam' else '> 0'}, got {value}")
     tau = step_size if step_size is not None else 1.0 / (op.lipschitz() + lam * tv_lipschitz(delta))
 
