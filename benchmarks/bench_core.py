@@ -234,50 +234,30 @@ def bench_blur(batch: int, size: int, kernel_size: int, repeats: int) -> dict:
     }
 
 
-def _literal_var_error(op, y, iters: int) -> str | None:
-    """``None`` if ``run(projected_gradient(op, lam=<float>, delta=<float>), y)`` traces under
-    ``jit``, else the error it raises (abstract evaluation only, nothing is compiled)."""
-    try:
-        jax.eval_shape(jax.jit(lambda op, y: run(projected_gradient(op, lam=VAR_LAM, delta=VAR_DELTA), y,
-                                                 num_iters=iters).x), op, y)
-    except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError) as e:
-        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    return None
-
-
 def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats: int) -> dict:
     shape = (size, size, 3)
     ops, ys = jax.block_until_ready(_blur_problem(jax.random.key(3), images, shape, kernel_size, blur_twice=True))
-    # The brief's form closes over lam and delta as Python floats. If the library rejects that
-    # under jit (a value check that turns a staged jnp op into a bool), fall back to passing them
-    # as traced arguments, which computes the same thing, and say so in the report.
-    literal_error = _literal_var_error(jax.tree_util.tree_map(lambda a: a[0], ops), ys[0], iters)
-    if literal_error is not None:
-        print(f"warning: run(projected_gradient(op, lam={VAR_LAM}, delta={VAR_DELTA}), ...) fails under jit "
-              f"({literal_error}); timing it with lam and delta passed as traced arguments instead",
-              file=sys.stderr)
-    extra = () if literal_error is None else (jnp.float32(VAR_LAM), jnp.float32(VAR_DELTA))
     traces = {"vmap": 0, "loop": 0, "lax_map": 0}
 
     def make_restore(name):
-        def restore(op, y, lam=VAR_LAM, delta=VAR_DELTA):
+        def restore(op, y):
             traces[name] += 1  # Python side effect: runs once per trace, never per call
-            return run(projected_gradient(op, lam=lam, delta=delta), y, num_iters=iters).x
+            return run(projected_gradient(op, lam=VAR_LAM, delta=VAR_DELTA), y, num_iters=iters).x
         return restore
 
-    restore_vmap = jax.jit(jax.vmap(make_restore("vmap"), in_axes=(0, 0) + (None,) * len(extra)))
+    restore_vmap = jax.jit(jax.vmap(make_restore("vmap")))
     restore_one = jax.jit(make_restore("loop"))
     # A third way, for reference: the images one after another inside one compiled lax.map.
     restore_map_one = make_restore("lax_map")
-    restore_map = jax.jit(lambda ops, ys, *extra: jax.lax.map(lambda a: restore_map_one(*a, *extra), (ops, ys)))
+    restore_map = jax.jit(lambda ops, ys: jax.lax.map(lambda a: restore_map_one(*a), (ops, ys)))
     # Slice the operator stack outside the timed region: the loop times the per-image restores
     # (and their dispatch), not the indexing.
     op_list = [jax.tree_util.tree_map(lambda a, i=i: a[i], ops) for i in range(images)]
     y_list = [ys[i] for i in range(images)]
 
-    t_vmap = time_call(lambda: restore_vmap(ops, ys, *extra), repeats)
-    t_loop = time_call(lambda: [restore_one(op, y, *extra) for op, y in zip(op_list, y_list)], repeats)
-    t_map = time_call(lambda: restore_map(ops, ys, *extra), repeats)
+    t_vmap = time_call(lambda: restore_vmap(ops, ys), repeats)
+    t_loop = time_call(lambda: [restore_one(op, y) for op, y in zip(op_list, y_list)], repeats)
+    t_map = time_call(lambda: restore_map(ops, ys), repeats)
     loop_out = np.stack([np.asarray(x) for x in t_loop["out"]])
     abs_d, rel_d = _max_diffs(loop_out, t_vmap["out"])
     abs_map, rel_map = _max_diffs(t_map["out"], t_vmap["out"])
@@ -285,8 +265,6 @@ def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats:
     return {
         "images": images, "image_shape": list(shape), "kernel_size": kernel_size, "iterations": iters,
         "lam": VAR_LAM, "delta": VAR_DELTA,
-        "lam_delta_passed_as": "Python floats closed over" if literal_error is None else "traced jit arguments",
-        "python_float_lam_under_jit_error": literal_error,
         "vmap": {**_strip(t_vmap), "images_per_s": images / t_vmap["median_s"], "traces": traces["vmap"],
                  "calls": calls},
         "loop": {**_strip(t_loop), "images_per_s": images / t_loop["median_s"], "traces": traces["loop"],
@@ -364,14 +342,13 @@ def table_rows(res: dict) -> list[list]:
                  _sci(b["gram"]["max_rel_diff_vs_forward_adjoint"])])
     r = res["restore"]
     h, w, c = r["image_shape"]
-    how = "" if r["python_float_lam_under_jit_error"] is None else ", lam/delta as jit args"
     rows.append([f"VAR {r['iterations']} it, {r['images']} x {h}x{w}x{c}, own {r['kernel_size']}x{r['kernel_size']} kernel each",
-                 f"jit(vmap(restore)){how} [{r['vmap']['traces']} trace(s)]", _ms(r["vmap"]),
+                 f"jit(vmap(restore)) [{r['vmap']['traces']} trace(s)]", _ms(r["vmap"]),
                  f"{r['vmap']['images_per_s']:.1f} img/s", "1.00", "0 (ref)", "0 (ref)"])
-    rows.append(["", f"loop over jit(restore){how} [{r['loop']['traces']} trace(s) for {r['loop']['calls']} calls]",
+    rows.append(["", f"loop over jit(restore) [{r['loop']['traces']} trace(s) for {r['loop']['calls']} calls]",
                  _ms(r["loop"]), f"{r['loop']['images_per_s']:.1f} img/s", f"{r['ratio_loop_over_vmap']:.2f}",
                  _sci(r["max_abs_diff_loop_vs_vmap"]), _sci(r["max_rel_diff_loop_vs_vmap"])])
-    rows.append(["", f"jit(lax.map(restore)){how} [{r['lax_map']['traces']} trace(s)]", _ms(r["lax_map"]),
+    rows.append(["", f"jit(lax.map(restore)) [{r['lax_map']['traces']} trace(s)]", _ms(r["lax_map"]),
                  f"{r['lax_map']['images_per_s']:.1f} img/s", f"{r['ratio_lax_map_over_vmap']:.2f}",
                  _sci(r["max_abs_diff_lax_map_vs_vmap"]), _sci(r["max_rel_diff_lax_map_vs_vmap"])])
     return rows
