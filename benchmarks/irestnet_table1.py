@@ -27,7 +27,7 @@ from _common import default_data, fail, markdown_table, write_json  # noqa: E402
 
 from jaxrestore.metrics import ssim_irestnet  # noqa: E402
 from jaxrestore.presets import Preset, load_preset  # noqa: E402
-from jaxrestore.protocols.irestnet import DegradedSet, degrade_set, load_test_images, restore_var  # noqa: E402
+from jaxrestore.protocols.irestnet import DegradedSet, degrade_set, estimate_sigmas, load_test_images, restore_var  # noqa: E402
 
 SETTINGS = ["gaussA", "gaussB", "gaussC", "motion", "square"]
 
@@ -38,9 +38,8 @@ def method_blurred(deg: DegradedSet, preset: Preset, args) -> np.ndarray:
 
 def method_var(deg: DegradedSet, preset: Preset, args) -> np.ndarray:
     v = preset.var
-    if not v.get("lam"):
-        fail(f"preset {preset.name} has no tuned VAR parameters (run benchmarks/tune_var.py)")
-    return restore_var(deg.y, preset.kernel(args.kernel_dir), preset.convention, v["lam"], v["delta"], v["iterations"])
+    lam = preset.var_lambda(estimate_sigmas(deg.y))  # per image where the preset scales lam with sigma_hat
+    return restore_var(deg.y, preset.kernel(args.kernel_dir), preset.convention, lam, v["delta"], v["iterations"])
 
 
 # name -> restore(degraded set, preset, args) -> (N, 256, 256, 3); later issues add methods here.

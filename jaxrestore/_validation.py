@@ -25,8 +25,10 @@ def check_image(x, name: str = "image", *, batched: bool = False) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def check_kernel(kernel, image_shape=None, name: str = "kernel") -> np.ndarray | jax.Array:
-    """Validate a 2-D blur kernel: finite, non-negative, non-zero sum, not larger than the image."""
+def check_kernel(kernel, image_shape=None, name: str = "kernel", allow_negative: bool = False) -> np.ndarray | jax.Array:
+    """Validate a 2-D kernel: finite, not larger than the image, and non-negative and not all
+    zeros (a blur), or with ``allow_negative`` (resampling kernels such as bicubic with negative
+    lobes) of non-zero sum."""
     if np.ndim(kernel) != 2:
         raise ValueError(f"{name} must be a 2-D array, got shape {np.shape(kernel)}")
     kh, kw = np.shape(kernel)
@@ -43,9 +45,12 @@ def check_kernel(kernel, image_shape=None, name: str = "kernel") -> np.ndarray |
         k = np.asarray(kernel)
         if not np.all(np.isfinite(k)):
             raise ValueError(f"{name} contains NaN or infinite entries")
-        if np.any(k < 0):
+        if allow_negative:
+            if k.sum() == 0:
+                raise ValueError(f"{name} sums to zero")
+        elif np.any(k < 0):
             raise ValueError(f"{name} has negative entries (min {k.min():.3g}); blur kernels must be non-negative")
-        if not np.any(k > 0):
+        elif not np.any(k > 0):
             raise ValueError(f"{name} is all zeros")
     return kernel
 

@@ -287,14 +287,15 @@ def _noise_level(args, preset: Preset | None, y) -> tuple[float, str]:
 
 def _var_params(args, preset: Preset | None, sigma: float, src: Path) -> tuple[float, float, int]:
     """``(lam, delta, iterations)``: the options when given, else the preset's tuned values for
-    a fixed-noise preset (unless --sigma names another noise level), else
-    ``var_params_for_sigma(sigma)`` (for gaussB, whose noise level varies per image, with the
-    preset's iteration count)."""
+    a fixed-noise preset (unless --sigma names another noise level) or its sigma-scaled lam
+    (gaussB, whose noise level varies per image), else ``var_params_for_sigma(sigma)``."""
     chosen = (args.lam, args.delta, args.iterations)
     if None not in chosen:
         return chosen
-    tuned = preset is not None and preset.noise_std is not None and preset.var.get("lam") is not None
-    if tuned and (args.sigma is None or args.sigma == preset.noise_std):
+    tuned = preset is not None and preset.var.get("lam") is not None
+    if tuned and preset.var.get("sigma_exponent"):
+        base = (preset.var_lambda(sigma), preset.var["delta"], preset.var["iterations"])
+    elif tuned and preset.noise_std is not None and (args.sigma is None or args.sigma == preset.noise_std):
         base = (preset.var["lam"], preset.var["delta"], preset.var["iterations"])
     else:
         if not sigma > 0:
@@ -436,8 +437,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Deblur INPUT with a known blur (non-blind).\n\n"
                     "noise std: --sigma, else the preset's fixed one, else estimate_sigma(y) (printed).\n"
                     "var: projected FISTA on 1/2||Ax - y||^2 + lam TV_delta(x), x in [0, 1]. lam, delta and\n"
-                    "  iterations: the options when given, else the preset's tuned values, else (no preset,\n"
-                    "  gaussB, or a --sigma other than the preset's) the rule var_params_for_sigma(sigma).\n"
+                    "  iterations: the options when given, else the preset's tuned values (gaussB: lam scaled\n"
+                    "  by sigma / 0.03), else (no preset, or a --sigma other than the preset's) the rule\n"
+                    "  var_params_for_sigma(sigma).\n"
                     f"wiener: closed-form 1/2||Ax - y||^2 + lam/2 ||grad x||^2, lam default {WIENER_LAM_SCALE:g} sigma^2.\n"
                     "Results are clipped to [0, 1] and written as 8-bit images.")
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")

@@ -1,8 +1,8 @@
 """Blur kernels: Gaussian (MATLAB ``fspecial``), uniform box, bicubic resampling kernels,
 kernels stored in ``.npz`` files, and a seeded random motion-trajectory generator.
 
-All kernels are 2-D, non-negative and sum to one; their centre is index ``(kh // 2, kw // 2)``
-(see :mod:`jaxrestore.operators`).
+All kernels are 2-D and sum to one; all but the bicubic ones (negative lobes) are
+non-negative. Their centre is index ``(kh // 2, kw // 2)`` (see :mod:`jaxrestore.operators`).
 """
 
 from __future__ import annotations

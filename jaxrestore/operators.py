@@ -114,8 +114,8 @@ class Inpaint:
         mask = jnp.asarray(mask)
         if mask.ndim != 2:
             raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
-        if mask.dtype == bool:
-            mask = mask.astype(jnp.float32)
+        if not jnp.issubdtype(mask.dtype, jnp.floating):
+            mask = mask.astype(jnp.result_type(float))  # float64 when x64 is enabled
         return cls(mask)
 
     @property
@@ -219,7 +219,7 @@ class Downsample:
         factor = int(factor)
         if shape[0] % factor or shape[1] % factor:
             raise ValueError(f"image size {shape} is not a multiple of the factor {factor}")
-        check_kernel(kernel, shape)
+        check_kernel(kernel, shape, allow_negative=True)  # bicubic kernels have negative lobes
         otf = jnp.fft.fft2(_centred_kernel_image(kernel, shape))
         if convention == "correlation":
             otf = jnp.conj(otf)

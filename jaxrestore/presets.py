@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import types
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,8 @@ class Preset:
     convention: str
     noise_std: float | None
     noise_range: tuple[float, float] | None
-    var: dict
-    paper: dict
+    var: Mapping
+    paper: Mapping
 
     def kernel(self, kernel_dir=None) -> np.ndarray:
         return check_kernel(kernel_from_spec(self.kernel_spec, kernel_dir), name=f"kernel of preset {self.name}")
@@ -78,6 +80,18 @@ class Preset:
         from jaxrestore.operators import Blur
 
         return Blur.from_kernel(self.kernel(kernel_dir), image_shape, self.convention)
+
+    def var_lambda(self, sigma):
+        """VAR ``lam`` for noise level(s) ``sigma``: the tuned ``lam``, scaled as
+        ``lam * (sigma / sigma_ref) ** sigma_exponent`` when the preset sets an exponent (GaussB,
+        whose noise level varies per image; ``sigma`` is then typically ``estimate_sigma(y)``)."""
+        lam = self.var.get("lam")
+        if not lam:
+            raise ValueError(f"preset {self.name} has no tuned VAR lam")
+        p = self.var.get("sigma_exponent")
+        if not p:
+            return np.broadcast_to(np.float64(lam), np.shape(sigma)).copy() if np.ndim(sigma) else float(lam)
+        return lam * (np.asarray(sigma, np.float64) / self.var["sigma_ref"]) ** p
 
     def noise_level(self, rng: np.random.Generator | None = None) -> float:
         """The fixed noise std, or one drawn uniformly from ``noise_range`` with ``rng``."""
@@ -121,15 +135,17 @@ def _load_preset(name_or_path: str) -> Preset:
         noise_std=float(noise["std"]) if "std" in noise else None,
         noise_range=tuple(float(v) for v in noise["range"]) if "range" in noise else None,
         # PyYAML reads "1e-5" (no dot) as a string: coerce the numeric fields
-        var={k: (None if v is None else int(v) if k == "iterations" else float(v)) for k, v in (cfg.get("var") or {}).items()},
-        paper=dict(cfg.get("paper", {})),
+        var=types.MappingProxyType(
+            {k: (None if v is None else int(v) if k == "iterations" else float(v)) for k, v in (cfg.get("var") or {}).items()}
+        ),
+        paper=types.MappingProxyType(dict(cfg.get("paper") or {})),  # read-only: presets are cached
     )
 
 
 def var_params_for_sigma(sigma: float) -> tuple[float, float, int]:
     """VAR ``(lam, delta, iterations)`` for a noise level ``sigma`` when no preset applies: a
     power law ``lam = a sigma^p`` fitted (least squares in log-log) to the tuned fixed-noise
-    presets; ``delta`` and ``iterations`` from the preset of nearest noise level."""
+    presets; ``delta`` is their median and ``iterations`` their maximum."""
     if not sigma > 0:
         raise ValueError(f"noise level must be > 0, got {sigma}")
     tuned = [load_preset(n) for n in list_presets()]
@@ -142,8 +158,9 @@ def var_params_for_sigma(sigma: float) -> tuple[float, float, int]:
         slope, icpt = np.polyfit(s, lam, 1)
     else:
         slope, icpt = 2.0, lam.mean() - 2.0 * s.mean()
-    nearest = min(tuned, key=lambda p: abs(np.log(p.noise_std) - np.log(sigma)))
-    return float(np.exp(icpt + slope * np.log(sigma))), float(nearest.var["delta"]), int(nearest.var["iterations"])
+    delta = float(np.median([p.var["delta"] for p in tuned]))
+    iterations = max(int(p.var["iterations"]) for p in tuned)
+    return float(np.exp(icpt + slope * np.log(sigma))), delta, iterations
 
 
 __all__ = ["Preset", "var_params_for_sigma", "load_preset", "list_presets", "configs_dir", "default_kernel_dir", "kernel_from_spec"]

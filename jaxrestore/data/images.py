@@ -23,6 +23,9 @@ def load_image(path, dtype=np.float32) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode not in ("1", "L", "LA", "RGB", "RGBA") and not im.mode.startswith("I;16"):
+                # palette, CMYK, YCbCr, float...: let PIL map them to RGB(A) colours
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             mode = im.mode
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError) as e:

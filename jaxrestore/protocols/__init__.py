@@ -1,5 +1,5 @@
 """Evaluation protocols of the reference papers (data preparation, degradation, scoring)."""
 
-from jaxrestore.protocols.irestnet import DegradedSet, degrade_set, load_test_images, restore_var
+from jaxrestore.protocols.irestnet import DegradedSet, degrade_set, estimate_sigmas, load_test_images, restore_var
 
-__all__ = ["DegradedSet", "degrade_set", "load_test_images", "restore_var"]
+__all__ = ["DegradedSet", "degrade_set", "estimate_sigmas", "load_test_images", "restore_var"]

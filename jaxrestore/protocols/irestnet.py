@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrestore.data import ImageFolder
+from jaxrestore.noise import estimate_sigma
 from jaxrestore.operators import Blur
 from jaxrestore.presets import Preset
 from jaxrestore.solvers import projected_gradient, run
@@ -51,6 +52,14 @@ def degrade_set(names, gt, preset: Preset, seed: int = 0, kernel_dir=None) -> De
         ys.append(b + s * rng.standard_normal(b.shape))
         sigmas.append(s)
     return DegradedSet(list(names), gt, np.stack(ys), np.asarray(sigmas))
+
+
+def estimate_sigmas(y) -> np.ndarray:
+    """``estimate_sigma`` of every image of ``(N, H, W, C)``."""
+    return np.asarray(_ESTIMATE(jnp.asarray(y, jnp.float32)), np.float64)
+
+
+_ESTIMATE = jax.jit(jax.vmap(estimate_sigma))
 
 
 def restore_var(y, kernel, convention: str, lam, delta, iterations: int, batch_size: int = 20):

@@ -28,14 +28,16 @@ class IPParams(NamedTuple):
 
 def proximal_interior_point(op, delta=0.01, *, beta=1.0, tv_gradient: TVGradient = "exact") -> Solver:
     """``x_{k+1} = prox_{gamma_k mu_k B}(x_k - gamma_k (A^T (A x_k - y) + lam_k grad R(x_k)))`` with
-    the log-barrier ``B`` of ``[0, beta]`` and the smoothed TV ``R`` (13); ``x_0 = y``.
+    the log-barrier ``B`` of ``[0, beta]`` and the smoothed TV ``R`` (13); ``x_0 = y`` (``A^T y``
+    when ``y`` has another size than ``x``, e.g. super-resolution).
 
     ``step(state, IPParams(mu, gamma, lam))``; run a schedule with
     ``run(solver, y, IPParams(mus, gammas, lams))``.
     """
 
     def init(y):
-        return IPState(y, op.adjoint(y))
+        aty = op.adjoint(y)
+        return IPState(y if y.shape[:2] == op.shape else aty, aty)
 
     def step(state, params: IPParams):
         x, aty = state
