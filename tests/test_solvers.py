@@ -312,13 +312,3 @@ def test_wiener_errors(rng):
     with pytest.raises(ValueError):
         wiener(op, y, 0.0)
 
-
-def test_projected_gradient_jits_with_python_float_hyperparameters():
-    # regression: the argument check once called jnp on lam/delta, which is a tracer inside jit
-    op = Blur.from_kernel(kernels.gaussian(5, 1.0), (12, 14))
-    y = jnp.asarray(np.random.default_rng(0).uniform(size=(12, 14, 3)), jnp.float32)
-    eager = run(projected_gradient(op, lam=2e-5, delta=0.01), y, num_iters=5).x
-    jitted = jax.jit(lambda y: run(projected_gradient(op, lam=2e-5, delta=0.01), y, num_iters=5).x)(y)
-    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="lam"):
-        projected_gradient(op, lam=float("nan"))
