@@ -4,7 +4,7 @@ Images are ``(H, W, C)`` float arrays in ``[0, 1]``; batches add a leading axis 
 with ``jax.vmap`` (over operators too: one kernel per image).
 """
 
-from jaxrestore import kernels, metrics, noise, operators, regularizers, solvers
+from jaxrestore import data, kernels, metrics, noise, operators, regularizers, solvers
 from jaxrestore.metrics import psnr, ssim, ssim_irestnet
 from jaxrestore.noise import add_gaussian_noise, add_noise, estimate_sigma
 from jaxrestore.operators import Blur, Downsample, Identity, Inpaint
@@ -15,7 +15,7 @@ from jaxrestore.solvers import proximal_interior_point, projected_gradient, run,
 __version__ = "0.1.0"
 
 __all__ = [
-    "kernels", "metrics", "noise", "operators", "regularizers", "solvers",
+    "data", "kernels", "metrics", "noise", "operators", "regularizers", "solvers",
     "Blur", "Downsample", "Identity", "Inpaint",
     "barrier_prox", "tv_smooth", "tv_smooth_grad",
     "add_gaussian_noise", "add_noise", "estimate_sigma",
