@@ -36,6 +36,15 @@ def diff_h_adjoint(p):
     return jnp.concatenate([jnp.zeros_like(p[:, :1]), p[:, :-1]], axis=1) - p
 
 
+def _diff_v_transpose_replicate(p):
+    """``p[i - 1] - p[i]`` with ``p[-1] := p[0]`` (the iRestNet code's replicate-padded filter)."""
+    return jnp.concatenate([p[:1], p[:-1]], axis=0) - p
+
+
+def _diff_h_transpose_replicate(p):
+    return jnp.concatenate([p[:, :1], p[:, :-1]], axis=1) - p
+
+
 def _weight(x, delta):
     gv, gh = diff_v(x), diff_h(x)
     return gv, gh, 1.0 / jnp.sqrt((gv * gv + gh * gh) / delta**2 + 1.0)
@@ -53,15 +62,17 @@ def tv_smooth_grad(x, delta=0.01, variant: TVGradient = "exact"):
     ``variant="exact"``: ``(D_v^T (w D_v x) + D_h^T (w D_h x)) / delta^2`` with
     ``w = 1 / sqrt(|D x|^2 / delta^2 + 1)``, the true gradient of (13).
 
-    ``variant="authors"``: ``w (D_v^T D_v x + D_h^T D_h x) / delta^2``, the weight applied after
-    the transposed differences as in the iRestNet code. It is not the gradient of (13), but the
-    published iRestNet weights were trained with it.
+    ``variant="authors"``: ``w (D_v' D_v x + D_h' D_h x) / delta^2`` as in the iRestNet code: the
+    weight is applied after the transposed differences, and ``D'`` is their "transpose" filter
+    ``p[i - 1] - p[i]`` applied with *replicate* padding, which gives 0 instead of ``-p[0]`` on the
+    first row (column), so it is not the adjoint there either. It is not the gradient of (13), but
+    the published iRestNet weights were trained with it.
     """
     gv, gh, w = _weight(x, delta)
     if variant == "exact":
         return (diff_v_adjoint(w * gv) + diff_h_adjoint(w * gh)) / delta**2
     if variant == "authors":
-        return w * (diff_v_adjoint(gv) + diff_h_adjoint(gh)) / delta**2
+        return w * (_diff_v_transpose_replicate(gv) + _diff_h_transpose_replicate(gh)) / delta**2
     raise ValueError(f"variant must be 'exact' or 'authors', got {variant!r}")
 
 

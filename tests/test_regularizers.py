@@ -83,12 +83,26 @@ def test_tv_value_and_exact_gradient(x64, rng, delta):
     np.testing.assert_array_equal(tv_smooth_grad(jnp.asarray(x), delta), g)
 
 
+def _replicate_transpose_filter(p, axis):
+    """The iRestNet code's DvT/DhT: correlation with [1, -1] (``p[i-1] - p[i]``) after replicate
+    padding, written as an explicit loop."""
+    p = np.moveaxis(p, axis, 0)
+    out = np.empty_like(p)
+    for i in range(p.shape[0]):
+        out[i] = p[max(i - 1, 0)] - p[i]
+    return np.moveaxis(out, 0, axis)
+
+
 def test_authors_variant_formula(x64, rng):
-    """PROTOCOLS.md: (D_v^T D_v x + D_h^T D_h x) / delta^2 / sqrt(((D_v x)^2 + (D_h x)^2)/delta^2 + 1)."""
+    """PROTOCOLS.md: (D_v' D_v x + D_h' D_h x) / delta^2 / sqrt(((D_v x)^2 + (D_h x)^2)/delta^2 + 1),
+    with the authors' replicate-padded transpose filters D' (iRestNet code, IPIter)."""
     delta = 0.01
     x = rng.random(SHAPE)
     dv, dh = _dv(x), _dh(x)
-    ref = (_dvt(dv) + _dht(dh)) / delta**2 / np.sqrt((dv**2 + dh**2) / delta**2 + 1.0)
+    ref = (_replicate_transpose_filter(dv, 0) + _replicate_transpose_filter(dh, 1)) / delta**2 / np.sqrt((dv**2 + dh**2) / delta**2 + 1.0)
+    # the replicate padding differs from the true adjoint on the first row / column only
+    assert np.abs(_replicate_transpose_filter(dv, 0) - _dvt(dv))[1:].max() == 0
+    assert np.abs(_replicate_transpose_filter(dv, 0) - _dvt(dv))[0].max() > 0
     got = np.asarray(tv_smooth_grad(jnp.asarray(x), delta, "authors"))
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
     exact = np.asarray(tv_smooth_grad(jnp.asarray(x), delta, "exact"))
