@@ -1,0 +1,1 @@
+"""Learned models (Flax NNX) behind a pure ``(apply_fn, state)`` boundary."""
