@@ -33,6 +33,10 @@ def _distance_to_bound(u, alpha, beta):
     # with h <= 0; Newton's method from a point left of the root of a concave increasing function
     # increases monotonically and never overshoots, and converges quadratically.
     tiny = jnp.finfo(u.dtype).tiny
+    # w * w underflows to 0 near the bound; with alpha = 0 (a learned weight that underflowed)
+    # alpha / (w * w) would be 0 / 0. A floor at the smallest normal float makes it +inf, whose
+    # Newton step h / inf is 0. (Reordering as (alpha / w) / w is undone by XLA's simplifier.)
+    alpha = jnp.maximum(alpha, tiny)
     w = jnp.clip(_quadratic_root(c - 2.0 * alpha / beta, alpha), tiny, 0.5 * beta)
     for _ in range(_NEWTON_STEPS):
         h = w - c - alpha / w + alpha / (beta - w)
@@ -94,6 +98,8 @@ def barrier_prox(u, alpha, beta=1.0):
     Args:
       u: input array.
       alpha: barrier weight ``> 0``, broadcastable against ``u`` (e.g. ``(N, 1, 1, 1)`` per image).
+        Under ``jit`` a weight that underflowed to 0 gives the limit, the projection onto the
+        open interval (no NaN).
       beta: upper bound ``> 0``, broadcastable against ``u``.
 
     Returns:

@@ -247,3 +247,14 @@ def test_jit_vmap_grad_jvp_compose(rng):
     # second-order: jvp of grad runs and is finite
     _, hvp = jax.jvp(jax.grad(lambda x: loss(x, 0.1)), (u,), (jnp.ones_like(u),))
     assert np.all(np.isfinite(hvp))
+
+
+def test_zero_alpha_under_jit_gives_the_projection_not_nan():
+    """A learned barrier weight can underflow to exactly 0 inside jit (where the alpha > 0 check
+    cannot run): the result must be the limit, the projection onto the open interval, not NaN."""
+    u = jnp.asarray([-3e4, -1.0, 0.0, 0.3, 0.5, 0.7, 1.0, 3e4], jnp.float32)
+    v = np.asarray(jax.jit(lambda u: barrier_prox(u, jnp.zeros_like(u)))(u))
+    assert np.all(np.isfinite(v)) and v.min() > 0 and v.max() < 1
+    np.testing.assert_allclose(v[3:6], [0.3, 0.5, 0.7], rtol=1e-6)
+    g = jax.jit(jax.grad(lambda u: barrier_prox(u, jnp.zeros_like(u)).sum()))(u)
+    assert np.all(np.isfinite(np.asarray(g)))
