@@ -27,7 +27,14 @@ from _common import default_data, fail, markdown_table, write_json  # noqa: E402
 
 from jaxrestore.metrics import ssim_irestnet  # noqa: E402
 from jaxrestore.presets import Preset, load_preset  # noqa: E402
-from jaxrestore.protocols.irestnet import DegradedSet, degrade_set, estimate_sigmas, load_test_images, restore_var  # noqa: E402
+from jaxrestore.protocols.irestnet import (  # noqa: E402
+    DegradedSet,
+    degrade_set,
+    estimate_sigmas,
+    load_test_images,
+    restore_irestnet,
+    restore_var,
+)
 
 SETTINGS = ["gaussA", "gaussB", "gaussC", "motion", "square"]
 
@@ -42,8 +49,50 @@ def method_var(deg: DegradedSet, preset: Preset, args) -> np.ndarray:
     return restore_var(deg.y, preset.kernel(args.kernel_dir), preset.convention, lam, v["delta"], v["iterations"])
 
 
+def method_irestnet(deg: DegradedSet, preset: Preset, args) -> np.ndarray:
+    """iRestNet: the published weights from ``--weights DIR`` (``<setting>_layers.npz``,
+    ``<setting>_lpp.npz``: the authors' TV variant and cross-correlation), else our own weights
+    shipped in the package."""
+    from jaxrestore.models import pretrained
+    from jaxrestore.models.irestnet import load_published
+
+    if args.weights:
+        folder = Path(args.weights)
+        lpp = folder / f"{preset.name}_lpp.npz"
+        model = load_published(folder / f"{preset.name}_layers.npz", lpp if lpp.is_file() else None)
+        convention = "correlation"
+    else:
+        model, convention = pretrained.irestnet(preset.name), preset.convention
+    return restore_irestnet(model, deg.y, preset.kernel(args.kernel_dir), convention)
+
+
 # name -> restore(degraded set, preset, args) -> (N, 256, 256, 3); later issues add methods here.
-METHODS: dict[str, Callable] = {"blurred": method_blurred, "var": method_var}
+METHODS: dict[str, Callable] = {"blurred": method_blurred, "var": method_var, "irestnet": method_irestnet}
+
+
+def plot_gain_over_var(scores, path, method="irestnet") -> None:
+    """The paper's Fig. 4: per-image SSIM gain of ``method`` over VAR, sorted, one curve per
+    setting; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxrestore.data import atomic_open
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for setting, by_method in scores.items():
+        gain = np.sort(np.asarray(by_method[method]) - np.asarray(by_method["var"]))[::-1]
+        ax.plot(np.arange(1, len(gain) + 1), gain, label=f"{setting} (mean {gain.mean():+.3f})")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xlabel("image (sorted by gain)")
+    ax.set_ylabel(f"SSIM({method}) - SSIM(VAR)")
+    ax.set_title(f"Per-image SSIM gain of {method} over VAR")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
 
 
 def evaluate(data, settings, methods, limit=None, seed=0, kernel_dir=None, args=None, progress=True):
@@ -75,7 +124,11 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, help="first N images (sorted names)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the protocol's noise generator")
     ap.add_argument("--kernel-dir", help="folder with irestnet_25x25.npz (motion setting)")
+    ap.add_argument("--weights", help="folder with the published <setting>_layers.npz / <setting>_lpp.npz "
+                    "(method irestnet); default: our own weights shipped in the package")
     ap.add_argument("--json", help="write {'n_images', 'settings': {setting: {method: mean SSIM}}}")
+    ap.add_argument("--plot", help="PNG of the per-image SSIM gain of iRestNet over VAR, sorted (paper's Fig. 4); "
+                    "needs methods var and irestnet")
     args = ap.parse_args(argv)
 
     settings = [s for s in args.settings.split(",") if s]
@@ -85,6 +138,10 @@ def main(argv=None):
     for m in methods:
         if m not in METHODS:
             fail(f"unknown method {m!r}; available: {', '.join(sorted(METHODS))}")
+    if args.plot and not {"var", "irestnet"} <= set(methods):
+        fail("--plot needs --methods to include var and irestnet")
+    if args.weights and not Path(args.weights).is_dir():
+        fail(f"weights folder not found: {args.weights}")
     try:
         presets = {s: load_preset(s) for s in settings}
         for p in presets.values():
@@ -110,6 +167,9 @@ def main(argv=None):
     }
     if args.json:
         write_json(args.json, out)
+    if args.plot:
+        plot_gain_over_var(scores, args.plot)
+        print(f"wrote {args.plot}")
     return out
 
 

@@ -75,6 +75,25 @@ def restore_var(y, kernel, convention: str, lam, delta, iterations: int, batch_s
     return np.concatenate(out)
 
 
+def restore_irestnet(model, y, kernel, convention: str, batch_size: int = 5, use_lpp: bool | None = None):
+    """Run an :class:`~jaxrestore.models.irestnet.IRestNet` on ``y`` ``(N, H, W, 3)`` in chunks,
+    one operator per image (built by vmap from the kernel), through the pure ``(apply_fn,
+    state)`` boundary under one ``jax.jit``."""
+    from jaxrestore.models.irestnet import as_function
+
+    y = np.asarray(y, np.float32)
+    apply_fn, state = as_function(model)
+    kernel = jnp.asarray(kernel, jnp.float32)
+
+    @jax.jit
+    def run_chunk(state, y):
+        ops = jax.vmap(lambda _: Blur.from_kernel(kernel, y.shape[1:3], convention))(jnp.arange(y.shape[0]))
+        return apply_fn(state, y, ops, use_lpp=use_lpp)
+
+    return np.concatenate([np.asarray(run_chunk(state, jnp.asarray(y[i : i + batch_size])))
+                           for i in range(0, len(y), batch_size)])
+
+
 def _var_batch(iterations: int):
     key = iterations
     if key not in _VAR_CACHE:
