@@ -53,7 +53,6 @@ def method_irestnet(deg: DegradedSet, preset: Preset, args) -> np.ndarray:
     """iRestNet: the published weights from ``--weights DIR`` (``<setting>_layers.npz``,
     ``<setting>_lpp.npz``: the authors' TV variant and cross-correlation), else our own weights
     shipped in the package."""
-    from jaxrestore.models import pretrained
     from jaxrestore.models.irestnet import load_published
 
     if args.weights:
@@ -62,6 +61,8 @@ def method_irestnet(deg: DegradedSet, preset: Preset, args) -> np.ndarray:
         model = load_published(folder / f"{preset.name}_layers.npz", lpp if lpp.is_file() else None)
         convention = "correlation"
     else:
+        from jaxrestore.models import pretrained
+
         model, convention = pretrained.irestnet(preset.name), preset.convention
     return restore_irestnet(model, deg.y, preset.kernel(args.kernel_dir), convention)
 

@@ -90,10 +90,11 @@ class IRestNetLayer(nnx.Module):
 
     def __init__(self, config: IRestNetConfig, *, rngs: nnx.Rngs):
         self.barrier = BarrierNet(config.pool_sizes, rngs=rngs)
-        # raw values before softplus, initialised as in the authors' code
-        self.gamma = nnx.Param(jnp.asarray(1.0))
-        self.reg_mul = nnx.Param(jnp.asarray(-7.0))
-        self.reg_constant = nnx.Param(jnp.asarray(-5.0))
+        # raw values before softplus, initialised as in the authors' code; explicit dtype: a weakly
+        # typed parameter changes type at its first optimiser update and forces a retrace
+        self.gamma = nnx.Param(jnp.asarray(1.0, jnp.float32))
+        self.reg_mul = nnx.Param(jnp.asarray(-7.0, jnp.float32))
+        self.reg_constant = nnx.Param(jnp.asarray(-5.0, jnp.float32))
 
     def hyperparameters(self, x, sigma):
         """``(gamma, mu, lam)``: ``gamma`` scalar, ``mu`` and ``lam`` per image ``(N,)``."""
