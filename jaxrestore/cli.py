@@ -1,4 +1,4 @@
-"""The ``jaxrestore`` command line: ``degrade``, ``restore`` and ``demo``.
+"""The ``jaxrestore`` command line: ``degrade``, ``restore``, ``demo`` and ``train``.
 
 Glue only: it parses arguments, loads images and kernels, calls the library (``Blur``,
 ``projected_gradient``, ``wiener``, ``estimate_sigma``, the metrics) and writes 8-bit images with
@@ -72,6 +72,27 @@ def _wiener(op, y, lam):
 @jax.jit
 def _blur(op, x):
     return op(x)
+
+
+def _irestnet_runner(model):
+    """A jitted single-image iRestNet restorer through the pure (apply_fn, state) boundary; the
+    noise level is estimated from y inside the model, as it was in training."""
+    from jaxrestore.models.irestnet import as_function
+
+    apply_fn, state = as_function(model)
+    one = jax.jit(lambda state, y, op: apply_fn(state, y[None], jax.tree.map(lambda a: a[None], op))[0])
+    return lambda y, op: one(state, y, op)
+
+
+def _irestnet_model(args, preset):
+    from jaxrestore.models import pretrained
+    from jaxrestore.models.irestnet_io import load_weights
+
+    if args.weights:
+        return load_weights(args.weights), f"weights {args.weights}"
+    if preset is None:
+        raise ValueError("--method irestnet needs --preset (its shipped weights) or --weights FILE")
+    return pretrained.irestnet(preset.name), f"shipped weights for {preset.name}"
 
 
 @jax.jit
@@ -316,6 +337,10 @@ def _cmd_restore(args) -> int:
     outputs = _outputs(inputs, is_folder, args.output)
     refs = _references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
     _say(f"blur: {blur.description}; method {args.method}")
+    if args.method == "irestnet":
+        model, origin = _irestnet_model(args, blur.preset)
+        restore_irestnet = _irestnet_runner(model)
+        _say(f"iRestNet: {origin}, {model.config.num_layers} layers")
     rows = []
     with _progress(len(inputs), is_folder, "restore") as bar:
         for src, dst, ref in zip(inputs, outputs, refs):
@@ -331,6 +356,9 @@ def _cmd_restore(args) -> int:
                 lam, delta, iterations = _var_params(args, blur.preset, sigma, src)
                 x = _var(op, jnp.asarray(y), lam, delta, iterations)
                 params = f"lam {lam:.3g}, delta {delta:g}, {iterations} iterations"
+            elif args.method == "irestnet":
+                x = restore_irestnet(jnp.asarray(y), op)
+                params = "(noise level estimated inside the network)"
             else:
                 if args.lam is None and not sigma > 0:
                     raise ValueError(f"{src}: the estimated noise std is {sigma:.3g}; give --sigma or --lam")
@@ -376,17 +404,47 @@ def _cmd_demo(args) -> int:
         "wiener": np.asarray(_wiener(op, y_j, WIENER_LAM_SCALE * sigma**2)),
         "var": np.asarray(_var(op, y_j, lam, delta, iterations)),
     }
+    from jaxrestore.models import pretrained
+
+    if "gaussA" in pretrained.available_irestnet():
+        results["irestnet"] = np.asarray(_irestnet_runner(pretrained.irestnet("gaussA"))(y_j, op))
     files = {"clean": x, **results}
     for name, img in files.items():
         save_image(out / f"{name}.png", img)
     gap = np.ones((x.shape[0], COMPARISON_GAP, 3), np.float32)
-    panels = [files[k] for k in ("clean", "degraded", "wiener", "var")]
+    shown = [k for k in ("clean", "degraded", "wiener", "var", "irestnet") if k in files]
+    panels = [files[k] for k in shown]
     save_image(out / "comparison.png", np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1))
     print(f"{preset.name}: {preset.description}, seed 0; sample image {x.shape[0]}x{x.shape[1]}")
-    print(f"wiener lam {WIENER_LAM_SCALE * sigma**2:.3g}; var lam {lam:g}, delta {delta:g}, {iterations} iterations")
-    print(f"wrote clean.png, degraded.png, wiener.png, var.png and comparison.png (clean | degraded | wiener | var) to {out}\n")
+    print(f"wiener lam {WIENER_LAM_SCALE * sigma**2:.3g}; var lam {lam:g}, delta {delta:g}, {iterations} iterations"
+          + ("; irestnet: our shipped gaussA weights" if "irestnet" in results else ""))
+    print(f"wrote {', '.join(k + '.png' for k in files)} and comparison.png ({' | '.join(shown)}) to {out}\n")
     rows = [[name, *(float(v) for v in _quality(jnp.asarray(img), jnp.asarray(x)))] for name, img in results.items()]
     print(_markdown(["method", "PSNR (dB)", "SSIM"], rows))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from jaxrestore.train import build_phases, load_config, train_irestnet  # training glue: loaded on demand
+
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    config = load_config(args.config, out_dir=args.out)
+    m, s = config.model, config.schedule
+    total = build_phases(config)[-1].end
+    lpp = f"Lpp {m.lpp_features} features" if m.use_lpp else "no Lpp"
+    _say(f"iRestNet {config.preset}: K {m.num_layers} (greedy {s.greedy_layers}), {lpp}, crop {config.data.crop}, "
+         f"batch {s.batch_size}, {total} steps; output {config.out_dir}")
+    result = train_irestnet(config, resume=True if args.resume else None, max_steps=args.max_steps)
+    minutes = result.elapsed / 60.0
+    print(f"\nsteps {result.steps} of {result.total_steps}; training time {minutes:.1f} min (all sessions)")
+    if result.best_step is not None:
+        print(f"best validation (final stage): loss {result.best_val_loss:.4f}, SSIM {result.best_val_ssim:.4f} at step {result.best_step}")
+    print(f"metrics: {result.metrics}; checkpoints: {result.out_dir / 'checkpoints'}")
+    if result.weights is not None:
+        print(f"weights: {result.weights}")
+    else:
+        print(f"stopped before the end: continue with 'jaxrestore train {args.config} --out {result.out_dir} --resume'")
     return 0
 
 
@@ -411,9 +469,9 @@ def _add_blur_options(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Image deblurring with JAX: degrade, restore, or run the demo.")
+    parser = _Parser(prog=PROG, description="Image deblurring with JAX: degrade, restore, run the demo, or train iRestNet.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{degrade,restore,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{degrade,restore,demo,train}")
     fmt = argparse.RawDescriptionHelpFormatter
 
     d = sub.add_parser(
@@ -445,7 +503,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output image (or folder: one .png per input, same names)")
-    r.add_argument("--method", choices=("var", "wiener"), default="var", help="restoration method (default var)")
+    r.add_argument("--method", choices=("var", "wiener", "irestnet"), default="var", help="restoration method (default var)")
+    r.add_argument("--weights", metavar="FILE", help="irestnet: weights saved by 'jaxrestore train' (default: the "
+                   "weights shipped for --preset)")
     _add_blur_options(r)
     r.add_argument("--sigma", type=float, metavar="S", help="noise std on the [0, 1] scale (default: see above)")
     r.add_argument("--lam", type=float, help="regularisation weight (default: see above)")
@@ -465,6 +525,24 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--iterations", type=int, metavar="N", help="VAR iterations (default: the preset's)")
     m.add_argument("--size", type=int, default=256, metavar="PX", help="crop of the sample image (<= 256, default 256)")
     m.set_defaults(run=_cmd_demo)
+
+    t = sub.add_parser(
+        "train", formatter_class=fmt, help="train iRestNet from a YAML config (checkpointed, resumable)",
+        description="Train iRestNet with the paper's staged recipe: layer 0 alone, then the greedy layers one at a\n"
+                    "time (each initialised from the previous one), then the last layers and the post-processing\n"
+                    "network end to end. CONFIG is a YAML file (configs/irestnet/<preset>.yaml) or the name of a\n"
+                    "bundled config (gaussA, gaussA_small, ...).\n\n"
+                    "The output folder receives metrics.jsonl, checkpoints/ (periodic and best-validation orbax\n"
+                    "checkpoints) and, once training completes, irestnet_<preset>.npz: the best-validation model\n"
+                    "(jaxrestore.models.irestnet_io.load_weights). A folder that already holds checkpoints is\n"
+                    "resumed from its latest one, exactly where the interrupted run was.")
+    t.add_argument("config", metavar="CONFIG", help="training config: YAML path or bundled config name")
+    t.add_argument("--out", metavar="DIR", help="output folder (default: the config's out_dir)")
+    t.add_argument("--resume", action="store_true",
+                   help="require a checkpoint to continue from (without it, one is used when present)")
+    t.add_argument("--max-steps", type=int, metavar="N",
+                   help="stop once the global step reaches N (a checkpoint is written; continue with --resume)")
+    t.set_defaults(run=_cmd_train)
     return parser
 
 

@@ -25,17 +25,23 @@ def _gaussian_window_1d(size: int = WINDOW_SIZE, std: float = WINDOW_STD) -> np.
     return g / g.sum()
 
 
+def _band_matrix(n: int, window: np.ndarray) -> np.ndarray:
+    """``M`` with ``(M v)[i] = sum_t w[t] v[i + t - half]``, terms outside ``0 .. n-1`` dropped:
+    correlation with zero padding, as a banded ``n x n`` matrix."""
+    half = window.shape[0] // 2
+    m = np.zeros((n, n))
+    for t, w in enumerate(window):
+        m += w * np.eye(n, k=t - half)
+    return m
+
+
 def _filter_same(x, window):
     """Zero-padded 'same' correlation of every channel of ``(N, H, W, C)`` with the separable
-    ``window x window`` (two 1-D passes; exact for an outer-product window)."""
-    n, h, w, c = x.shape
-    half = window.shape[0] // 2
-    planes = jnp.moveaxis(x, -1, 1).reshape(n * c, 1, h, w)  # channels filtered independently
-    k = jnp.asarray(window, x.dtype)
-    dn = ("NCHW", "OIHW", "NCHW")
-    planes = jax.lax.conv_general_dilated(planes, k.reshape(1, 1, -1, 1), (1, 1), ((half, half), (0, 0)), dimension_numbers=dn)
-    planes = jax.lax.conv_general_dilated(planes, k.reshape(1, 1, 1, -1), (1, 1), ((0, 0), (half, half)), dimension_numbers=dn)
-    return jnp.moveaxis(planes.reshape(n, c, h, w), 1, -1)
+    ``window x window``: two banded matrix products (on CPU an order of magnitude faster than
+    an 11x11 convolution, forward and backward)."""
+    mh = jnp.asarray(_band_matrix(x.shape[1], window), x.dtype)
+    mw = jnp.asarray(_band_matrix(x.shape[2], window), x.dtype)
+    return jnp.einsum("ih,nhwc,jw->nijc", mh, x, mw, precision=jax.lax.Precision.HIGHEST)
 
 
 def ssim_same(x, y, data_range: float = 1.0):

@@ -1,0 +1,34 @@
+"""Weights trained by jaxrestore's own training scripts and shipped inside the package
+(``jaxrestore/weights/``). They are ours: the authors' published weights are never shipped; load
+those from their files with :func:`jaxrestore.models.irestnet.load_published`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def irestnet_path(preset: str) -> Path:
+    return WEIGHTS_DIR / f"irestnet_{preset}.npz"
+
+
+def available_irestnet() -> list[str]:
+    """Presets for which iRestNet weights are shipped."""
+    return sorted(p.stem.removeprefix("irestnet_") for p in WEIGHTS_DIR.glob("irestnet_*.npz"))
+
+
+def irestnet(preset: str = "gaussA"):
+    """Our trained :class:`~jaxrestore.models.irestnet.IRestNet` for ``preset`` (exact TV
+    gradient, the preset's blur convention). Raises ``ValueError`` if none is shipped."""
+    path = irestnet_path(preset)
+    if not path.is_file():
+        shipped = ", ".join(available_irestnet()) or "none"
+        raise ValueError(f"no shipped iRestNet weights for preset {preset!r} (shipped: {shipped}); train them with "
+                         f"`jaxrestore train configs/irestnet/{preset}.yaml` or pass published weights")
+    from jaxrestore.models.irestnet_io import load_weights
+
+    return load_weights(path)
+
+
+__all__ = ["irestnet", "irestnet_path", "available_irestnet", "WEIGHTS_DIR"]
