@@ -404,20 +404,15 @@ def _cmd_demo(args) -> int:
         "wiener": np.asarray(_wiener(op, y_j, WIENER_LAM_SCALE * sigma**2)),
         "var": np.asarray(_var(op, y_j, lam, delta, iterations)),
     }
-    from jaxrestore.models import pretrained
-
-    if "gaussA" in pretrained.available_irestnet():
-        results["irestnet"] = np.asarray(_irestnet_runner(pretrained.irestnet("gaussA"))(y_j, op))
     files = {"clean": x, **results}
     for name, img in files.items():
         save_image(out / f"{name}.png", img)
     gap = np.ones((x.shape[0], COMPARISON_GAP, 3), np.float32)
-    shown = [k for k in ("clean", "degraded", "wiener", "var", "irestnet") if k in files]
+    shown = list(files)
     panels = [files[k] for k in shown]
     save_image(out / "comparison.png", np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1))
     print(f"{preset.name}: {preset.description}, seed 0; sample image {x.shape[0]}x{x.shape[1]}")
-    print(f"wiener lam {WIENER_LAM_SCALE * sigma**2:.3g}; var lam {lam:g}, delta {delta:g}, {iterations} iterations"
-          + ("; irestnet: our shipped gaussA weights" if "irestnet" in results else ""))
+    print(f"wiener lam {WIENER_LAM_SCALE * sigma**2:.3g}; var lam {lam:g}, delta {delta:g}, {iterations} iterations")
     print(f"wrote {', '.join(k + '.png' for k in files)} and comparison.png ({' | '.join(shown)}) to {out}\n")
     rows = [[name, *(float(v) for v in _quality(jnp.asarray(img), jnp.asarray(x)))] for name, img in results.items()]
     print(_markdown(["method", "PSNR (dB)", "SSIM"], rows))

@@ -184,7 +184,7 @@ def test_bundled_configs_validate(shared_data):
         assert [c.schedule.stage(s).epochs for s in ("first", "greedy", "last")] == [40, 40, 600]
         assert c.schedule.steps_per_epoch == 120 and c.model.tv_gradient == "exact"
     small = load_config("gaussA_small")
-    assert small.preset == "gaussA" and build_phases(small)[-1].end == 150 * 10 + 3500
+    assert small.preset == "gaussA" and build_phases(small)[-1].end == 150 + 9 * 150 + 1500
 
 
 def test_batches_depend_only_on_seed_and_step(dataset):

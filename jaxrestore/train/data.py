@@ -64,8 +64,13 @@ class TrainImages:
         return len(self.images)
 
     def positions(self, key, step: int, batch: int) -> np.ndarray:
-        """``(batch, 3)`` rows ``(image index, top, left)`` of step ``step``."""
-        return np.asarray(_draw_crops(key, jnp.asarray(step, jnp.uint32), jnp.asarray(self.sizes), batch=batch, crop=self.crop))
+        """``(batch, 3)`` rows ``(image index, top, left)`` of step ``step``. Drawn on the CPU
+        (the same bits as on an accelerator): reading them back then does not wait for the
+        accelerator to finish the previous training step."""
+        cpu = jax.devices("cpu")[0]
+        with jax.default_device(cpu):
+            args = jax.device_put((key, np.uint32(step), self.sizes), cpu)
+            return np.asarray(_draw_crops(*args, batch=batch, crop=self.crop))
 
     def batch(self, key, step: int, batch: int) -> np.ndarray:
         """The clean ``(batch, crop, crop, 3)`` float32 crops of step ``step``."""

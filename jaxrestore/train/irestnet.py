@@ -307,7 +307,6 @@ class TrainingDiverged(ValueError):
     """The training loss became NaN or infinite (typically a learning rate too high)."""
 
 
-
 @dataclasses.dataclass
 class TrainResult:
     out_dir: Path
@@ -325,9 +324,8 @@ class TrainResult:
 class _Run:
     """State and bookkeeping of one training run (see :func:`train_irestnet`)."""
 
-    def __init__(self, config: TrainConfig, progress: bool):
+    def __init__(self, config: TrainConfig):
         self.config = config
-        self.progress = progress
         c = config
         self.out_dir = c.out_dir
         self.preset = load_preset(c.preset)
@@ -450,7 +448,7 @@ def train_irestnet(config: TrainConfig, *, resume: bool | None = None, max_steps
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     config.out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, progress)
+    run = _Run(config)
     latest = run.periodic.latest_step()
     if latest is None and resume:
         raise ValueError(f"cannot restore checkpoint from {run.periodic.directory}: no checkpoint found")
