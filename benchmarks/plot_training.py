@@ -2,7 +2,7 @@
 with the stage and layer boundaries marked (solid lines between stages, dotted between greedy
 layers).
 
-    python benchmarks/plot_training.py runs/irestnet/gaussA_small/metrics.jsonl -o curve.png
+    python benchmarks/plot_training.py runs/irestnet/cpu-gaussA/metrics.jsonl -o curve.png
 
 The PNG is written atomically (matplotlib's Agg backend, no display needed).
 """

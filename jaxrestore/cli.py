@@ -526,7 +526,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train iRestNet with the paper's staged recipe: layer 0 alone, then the greedy layers one at a\n"
                     "time (each initialised from the previous one), then the last layers and the post-processing\n"
                     "network end to end. CONFIG is a YAML file (configs/irestnet/<preset>.yaml) or the name of a\n"
-                    "bundled config (gaussA, gaussA_small, ...).\n\n"
+                    "bundled config (gaussA, cpu-gaussA, ...).\n\n"
                     "The output folder receives metrics.jsonl, checkpoints/ (periodic and best-validation orbax\n"
                     "checkpoints) and, once training completes, irestnet_<preset>.npz: the best-validation model\n"
                     "(jaxrestore.models.irestnet_io.load_weights). A folder that already holds checkpoints is\n"

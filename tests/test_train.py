@@ -183,7 +183,7 @@ def test_bundled_configs_validate(shared_data):
         assert [c.schedule.stage(s).lr for s in ("first", "greedy", "last")] == [1e-2, 5e-3, 1e-3]
         assert [c.schedule.stage(s).epochs for s in ("first", "greedy", "last")] == [40, 40, 600]
         assert c.schedule.steps_per_epoch == 120 and c.model.tv_gradient == "exact"
-    small = load_config("gaussA_small")
+    small = load_config("cpu-gaussA")
     assert small.preset == "gaussA" and build_phases(small)[-1].end == 150 + 9 * 150 + 1500
 
 

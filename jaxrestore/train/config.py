@@ -302,7 +302,7 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
 
 
 def find_config(name_or_path) -> Path:
-    """A YAML path, or the name of a bundled config (``gaussA``, ``gaussA_small``) in
+    """A YAML path, or the name of a bundled config (``gaussA``, ``cpu-gaussA``) in
     ``configs/irestnet/``."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
