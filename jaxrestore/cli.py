@@ -419,12 +419,44 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _report_training(args, result, what: str) -> None:
+    minutes = result.elapsed / 60.0
+    print(f"\nsteps {result.steps} of {result.total_steps}; training time {minutes:.1f} min (all sessions)")
+    if result.best_step is not None:
+        print(f"best validation: {what} at step {result.best_step}")
+    print(f"metrics: {result.metrics}; checkpoints: {result.out_dir / 'checkpoints'}")
+    if result.weights is not None:
+        print(f"weights: {result.weights}")
+    else:
+        print(f"stopped before the end: continue with 'jaxrestore train {args.config} --out {result.out_dir} --resume'")
+
+
+def _cmd_train_denoiser(args, path) -> int:
+    from jaxrestore.train.denoiser import load_denoiser_config, train_denoiser
+
+    c = load_denoiser_config(path, out_dir=args.out)
+    _say(f"DRUNet denoiser: channels {list(c.model.channels)} x {c.model.blocks} blocks, crop {c.crop}, batch {c.batch_size}, "
+         f"{c.steps} steps, sigma in [0, {c.sigma_max:g}]/255; output {c.out_dir}")
+    result = train_denoiser(c, resume=True if args.resume else None, max_steps=args.max_steps)
+    best = "n/a" if result.best_val_psnr is None else f"mean PSNR {result.best_val_psnr:.2f} dB over sigma {list(c.val_sigmas)}"
+    _report_training(args, result, best)
+    return 0
+
+
 def _cmd_train(args) -> int:
-    from jaxrestore.train import build_phases, load_config, train_irestnet  # training glue: loaded on demand
+    from jaxrestore.train import build_phases, config_from_dict, train_irestnet  # training glue: loaded on demand
+    from jaxrestore.train.config import read_config
 
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-    config = load_config(args.config, out_dir=args.out)
+    path, kind, raw = read_config(args.config)
+    if kind == "denoiser":
+        return _cmd_train_denoiser(args, path)
+    if kind == "suppa":
+        from jaxrestore.train.suppa import cli_train_suppa
+
+        return cli_train_suppa(args, path, _say, _report_training)
+    config = config_from_dict({k: v for k, v in raw.items() if k != "kind"}, source=str(path), out_dir=args.out)
     m, s = config.model, config.schedule
     total = build_phases(config)[-1].end
     lpp = f"Lpp {m.lpp_features} features" if m.use_lpp else "no Lpp"

@@ -301,32 +301,53 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
                        seed=seed, out_dir=out.resolve(), source=source)
 
 
+TRAIN_FOLDERS = ("irestnet", "denoiser", "suppa")
+
+
 def find_config(name_or_path) -> Path:
-    """A YAML path, or the name of a bundled config (``gaussA``, ``cpu-gaussA``) in
-    ``configs/irestnet/``."""
+    """A YAML path, or the name of a bundled config: ``cpu-gaussA`` (looked up in
+    ``configs/irestnet``, ``configs/denoiser`` and ``configs/suppa`` in that order) or
+    ``denoiser/small``."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise ValueError(f"training config not found: {p}")
         return p
-    bundled = configs_dir() / "irestnet"
-    cand = bundled / f"{name_or_path}.yaml"
-    if cand.is_file():
-        return cand
-    names = sorted(q.stem for q in bundled.glob("*.yaml")) if bundled.is_dir() else []
+    root = configs_dir()
+    for folder in TRAIN_FOLDERS:
+        cand = root / f"{name_or_path}.yaml" if "/" in str(name_or_path) else root / folder / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    names = sorted(f"{q.parent.name}/{q.stem}" for folder in TRAIN_FOLDERS for q in (root / folder).glob("*.yaml"))
     raise ValueError(f"training config not found: {name_or_path} (bundled configs: {', '.join(names) or 'none'})")
 
 
-def load_config(name_or_path, *, out_dir=None) -> TrainConfig:
-    """Read and validate a training config (a YAML path or a bundled config name)."""
+def read_config(name_or_path) -> tuple[Path, str, dict]:
+    """``(path, kind, raw mapping)`` of a training config; ``kind`` is the YAML's ``kind`` key
+    (``irestnet`` when absent, ``denoiser``, or ``suppa``)."""
     path = find_config(name_or_path)
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a training config must be a mapping, got {type(raw).__name__}")
+    kind = raw.get("kind", "irestnet")
+    if kind not in TRAIN_FOLDERS:
+        raise ValueError(f"{path}: unknown 'kind' {kind!r} (expected one of: {', '.join(TRAIN_FOLDERS)})")
+    return path, kind, raw
+
+
+def load_config(name_or_path, *, out_dir=None) -> TrainConfig:
+    """Read and validate an iRestNet training config (a YAML path or a bundled config name)."""
+    path, kind, raw = read_config(name_or_path)
+    if kind != "irestnet":
+        raise ValueError(f"{path}: a {kind} config, not an iRestNet one")
+    raw = {k: v for k, v in raw.items() if k != "kind"}
     return config_from_dict(raw, source=str(path), out_dir=out_dir)
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "StageConfig", "CheckpointConfig",
-           "STAGES", "config_from_dict", "load_config", "find_config"]
+           "STAGES", "config_from_dict", "load_config", "find_config", "read_config",
+           "TRAIN_FOLDERS"]

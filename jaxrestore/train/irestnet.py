@@ -49,6 +49,8 @@ from jaxrestore.presets import load_preset
 from jaxrestore.train.checkpoint import CheckpointStore
 from jaxrestore.train.config import TrainConfig
 from jaxrestore.train.data import TrainImages, ValidationSet, batched, degrade, step_keys, validation_set
+from jaxrestore.train.common import TrainingDiverged, TrainResult, strong as _strong
+from jaxrestore.train.common import check_run_identity as _check_run_identity
 from jaxrestore.train.log import MetricsLog
 
 LR_DECAY = 0.9
@@ -142,13 +144,6 @@ class Net:
             nnx.update(model.lpp, params["lpp"], params["stats"])
         model.eval()
         return model
-
-
-def _strong(tree):
-    """Fresh arrays from the host: no weak types (``jnp.asarray(1.0)`` initialisers) and no
-    device commitment (orbax restores committed arrays). ``jit`` keys its cache on both, so
-    without this a restored or freshly initialised state would compile every step again."""
-    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), tree)
 
 
 def take_layer(layers, k):
@@ -303,24 +298,6 @@ def init_optimizer(params: dict, phase: Phase):
 # ----------------------------------------------------------------------------- the run
 
 
-class TrainingDiverged(ValueError):
-    """The training loss became NaN or infinite (typically a learning rate too high)."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    out_dir: Path
-    steps: int                  # global steps done
-    total_steps: int
-    completed: bool
-    weights: Path | None        # the exported model (None until training completes)
-    best_step: int | None
-    best_val_loss: float | None
-    best_val_ssim: float | None
-    elapsed: float              # seconds of training, over all resumed sessions
-    metrics: Path
-
-
 class _Run:
     """State and bookkeeping of one training run (see :func:`train_irestnet`)."""
 
@@ -416,23 +393,6 @@ class _Run:
             self.params = dict(self.params, layers=layers)
         self.step += 1
         return loss
-
-
-def _check_run_identity(config: TrainConfig, resuming: bool) -> None:
-    path = config.out_dir / "config.json"
-    identity = config.run_identity()
-    if resuming and path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read {path}: {e}") from None
-        if previous.get("run") != identity:
-            diff = sorted(k for k in identity if previous.get("run", {}).get(k) != identity[k])
-            raise ValueError(f"{config.out_dir} holds a run with a different config (differs in: {', '.join(diff) or 'format'}); "
-                             "use another --out, or the config it was started with")
-    with atomic_open(path, "w") as f:
-        json.dump({"run": identity, "config": config.to_dict()}, f, indent=2)
-        f.write("\n")
 
 
 def train_irestnet(config: TrainConfig, *, resume: bool | None = None, max_steps: int | None = None,

@@ -1,0 +1,60 @@
+"""Pieces every training run shares: run-identity checks on resume, the result record, the
+divergence error and host-fresh arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrestore.data import atomic_open
+
+
+def strong(tree):
+    """Fresh arrays from the host: no weak types (``jnp.asarray(1.0)`` initialisers) and no
+    device commitment (orbax restores committed arrays). ``jit`` keys its cache on both, so
+    without this a restored or freshly initialised state would compile every step again."""
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), tree)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite (typically a learning rate too high)."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int                  # global steps done
+    total_steps: int
+    completed: bool
+    weights: Path | None        # the exported model (None until training completes)
+    best_step: int | None
+    best_val_loss: float | None
+    best_val_ssim: float | None
+    elapsed: float              # seconds of training, over all resumed sessions
+    metrics: Path
+    best_val_psnr: float | None = None
+
+
+def check_run_identity(config, resuming: bool) -> None:
+    path = config.out_dir / "config.json"
+    identity = config.run_identity()
+    if resuming and path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read {path}: {e}") from None
+        if previous.get("run") != identity:
+            diff = sorted(k for k in identity if previous.get("run", {}).get(k) != identity[k])
+            raise ValueError(f"{config.out_dir} holds a run with a different config (differs in: {', '.join(diff) or 'format'}); "
+                             "use another --out, or the config it was started with")
+    with atomic_open(path, "w") as f:
+        json.dump({"run": identity, "config": config.to_dict()}, f, indent=2)
+        f.write("\n")
+
+
+__all__ = ["TrainingDiverged", "TrainResult", "check_run_identity", "strong"]
