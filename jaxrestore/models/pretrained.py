@@ -31,4 +31,22 @@ def irestnet(preset: str = "gaussA"):
     return load_weights(path)
 
 
-__all__ = ["irestnet", "irestnet_path", "available_irestnet", "WEIGHTS_DIR"]
+def drunet_path(name: str = "small") -> Path:
+    return WEIGHTS_DIR / f"drunet_{name}.npz"
+
+
+def drunet(name: str = "small"):
+    """Our trained :class:`~jaxrestore.models.drunet.DRUNet` Gaussian denoiser (``small``: the
+    package's default denoiser, trained by ``jaxrestore train denoiser/small``). Raises
+    ``ValueError`` if none is shipped under that name."""
+    path = drunet_path(name)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem.removeprefix("drunet_") for p in WEIGHTS_DIR.glob("drunet_*.npz"))) or "none"
+        raise ValueError(f"no shipped DRUNet weights named {name!r} (shipped: {shipped}); train them with "
+                         f"`jaxrestore train denoiser/{name}`")
+    from jaxrestore.models.drunet import load_weights
+
+    return load_weights(path)
+
+
+__all__ = ["irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]

@@ -33,8 +33,13 @@ def flatten(tree, prefix=()):
 
 def save_state(path, state, fmt: str, config_json: str, metadata: dict | None = None) -> Path:
     """Write the variables of ``state`` (an ``nnx.State``), the config and ``metadata`` to ``path``."""
+    return save_pure(path, nnx.to_pure_dict(state), fmt, config_json, metadata)
+
+
+def save_pure(path, pure: dict, fmt: str, config_json: str, metadata: dict | None = None) -> Path:
+    """Write a nested dict of arrays, the config and ``metadata`` to ``path``."""
     path = Path(path)
-    arrays = {key: np.asarray(value) for key, value in flatten(nnx.to_pure_dict(state))}
+    arrays = {key: np.asarray(value) for key, value in flatten(pure)}
     clash = [k for k in arrays if k in RESERVED]
     if clash:
         raise ValueError(f"model variable names clash with reserved keys: {clash}")
@@ -71,7 +76,13 @@ def metadata(data: dict) -> dict:
 def fill(state, data: dict, path, what: str):
     """``state`` (an ``nnx.State``, possibly abstract) with its leaves replaced by the stored
     arrays, after checking names, shapes and dtypes."""
-    pure = nnx.to_pure_dict(state)
+    nnx.replace_by_pure_dict(state, fill_pure(nnx.to_pure_dict(state), data, path, what))
+    return state
+
+
+def fill_pure(pure: dict, data: dict, path, what: str) -> dict:
+    """A nested dict shaped like ``pure`` (arrays or ``ShapeDtypeStruct`` leaves) holding the
+    stored arrays, after checking names, shapes and dtypes."""
     expected = dict(flatten(pure))
     stored = {k: v for k, v in data.items() if k not in RESERVED}
     if set(stored) != set(expected):
@@ -88,8 +99,7 @@ def fill(state, data: dict, path, what: str):
         return {k: put(v, prefix + (str(k),)) if isinstance(v, dict) else jnp.asarray(stored["/".join(prefix + (str(k),))])
                 for k, v in tree.items()}
 
-    nnx.replace_by_pure_dict(state, put(pure))
-    return state
+    return put(pure)
 
 
-__all__ = ["save_state", "read", "metadata", "fill", "flatten", "RESERVED"]
+__all__ = ["save_state", "save_pure", "read", "metadata", "fill", "fill_pure", "flatten", "RESERVED"]

@@ -1,0 +1,367 @@
+"""Training PnP-ADMM end to end in one of four modes (explicit, deq, jfb, suppa) from a YAML
+config (``configs/suppa/*.yaml``); the objectives are :func:`jaxrestore.models.unrolled.loss`.
+
+Schema (every key optional unless marked; unknown keys are errors)::
+
+    kind: suppa
+    mode: suppa                          # required: explicit | deq | jfb | suppa
+    task: deblur                         # required: deblur | sr2 | sr3 | sr4
+    denoiser: small                      # a shipped DRUNet name or a drunet_*.npz path: the start point
+    model: {iterations: 6, max_iters: 50, tol: 1.0e-3, backward_tol: 1.0e-4, backward_max_iters: 50}
+    init: {sigma: 0.03, lam: 0.23, sigma_max: 0.19}
+        # explicit: DPIR's schedule (sigma_max -> noise, rho = lam noise^2 / sigma^2) over the iterations;
+        # other modes: one sigma and rho = lam noise^2 / sigma^2
+    data: {train: ../shared/data/bsds500/train, val: ../shared/data/bsds500/val, crop: 128, val_crop: 128, val_limit: 8}
+    schedule:
+      batch_size: 16
+      steps: 10000
+      lr: 1.0e-5                         # the denoiser (Adam)
+      scalar_lr: 1.0e-2                  # log sigma, log rho
+      lambda_lr: 0.1                     # SUPPA's convergence rate lambda
+      validate_every: 500
+      log_every: 10
+    checkpoint: {every: 500, keep: 3}
+    seed: 0
+    out_dir: runs/suppa/<config name>
+
+Batches (crops, noise) depend on ``(seed, step)`` only, so a resumed run is the uninterrupted
+run. The best validation PSNR is kept and exported as ``suppa_<mode>_<task>.npz``
+(:func:`jaxrestore.models.unrolled.load`) once training completes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+from tqdm import tqdm
+
+from jaxrestore.data import ImageFolder
+from jaxrestore.metrics import psnr
+from jaxrestore.models import unrolled
+from jaxrestore.models.drunet import load_weights as load_drunet
+from jaxrestore.protocols.suppa import TASKS, noise_std, task_operator
+from jaxrestore.solvers.admm import SIGMA_FLOOR, pnp_schedule
+from jaxrestore.train.checkpoint import CheckpointStore
+from jaxrestore.train.common import TrainingDiverged, TrainResult, check_run_identity, strong
+from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
+from jaxrestore.train.data import TrainImages, batched, step_keys
+from jaxrestore.train.log import MetricsLog
+
+
+@dataclasses.dataclass(frozen=True)
+class SuppaTrainConfig:
+    mode: str
+    task: str
+    denoiser: str
+    model: unrolled.UnrolledConfig
+    init_sigma: float
+    init_lam: float
+    init_sigma_max: float
+    train: tuple[Path, ...]
+    val: Path
+    crop: int
+    val_crop: int
+    val_limit: int | None
+    batch_size: int
+    steps: int
+    lr: float
+    scalar_lr: float
+    lambda_lr: float
+    validate_every: int
+    log_every: int
+    checkpoint_every: int
+    checkpoint_keep: int
+    seed: int
+    out_dir: Path
+    source: str = "<dict>"
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        d["model"] = dataclasses.asdict(self.model)
+        d["model"]["drunet"]["channels"] = list(self.model.drunet.channels)
+        d["train"], d["val"], d["out_dir"] = [str(p) for p in self.train], str(self.val), str(self.out_dir)
+        return d
+
+    def run_identity(self) -> dict:
+        d = self.to_dict()
+        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep"):
+            d.pop(k)
+        return d
+
+    @property
+    def scale(self) -> int:
+        return 1 if self.task == "deblur" else int(self.task[2:])
+
+
+def _denoiser_path(name: str) -> Path:
+    from jaxrestore.models.pretrained import drunet_path
+
+    p = Path(name).expanduser()
+    if p.suffix == ".npz" or p.exists():
+        if not p.is_file():
+            raise ValueError(f"denoiser weights not found: {p}")
+        return p.resolve()
+    p = drunet_path(name)
+    if not p.is_file():
+        raise ValueError(f"no shipped DRUNet weights named {name!r}; train them with `jaxrestore train denoiser/{name}`")
+    return p
+
+
+def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> SuppaTrainConfig:
+    top = _Reader(raw, "", source)
+    if top.raw("kind", "suppa") != "suppa":
+        raise ValueError(f"{source}: 'kind' must be suppa here")
+    mode = top.choice("mode", None, unrolled.MODES)
+    task = top.choice("task", None, TASKS)
+    denoiser = top.raw("denoiser", "small")
+    if not isinstance(denoiser, str):
+        raise ValueError(f"{source}: 'denoiser' must be a shipped name or a .npz path, got {denoiser!r}")
+    from jaxrestore.models.drunet import weights_metadata
+
+    drunet_cfg = weights_metadata(_denoiser_path(denoiser))["config"]
+    from jaxrestore.models.drunet import DRUNetConfig
+
+    m = top.sub("model")
+    model = unrolled.UnrolledConfig(
+        mode=mode, iterations=m.integer("iterations", 6, minimum=1), max_iters=m.integer("max_iters", 50, minimum=1),
+        tol=m.positive_float("tol", 1e-3), backward_tol=m.positive_float("backward_tol", 1e-4),
+        backward_max_iters=m.integer("backward_max_iters", 50, minimum=1),
+        drunet=DRUNetConfig(channels=tuple(drunet_cfg["channels"]), blocks=drunet_cfg["blocks"],
+                            in_channels=drunet_cfg.get("in_channels", 3)))
+    m.done()
+    i = top.sub("init")
+    init_sigma, init_lam, init_sigma_max = i.positive_float("sigma", 0.03), i.positive_float("lam", 0.23), i.positive_float("sigma_max", 49 / 255)
+    i.done()
+    d = top.sub("data")
+    train = d.raw("train", DEFAULT_TRAIN)
+    train = [train] if isinstance(train, (str, Path)) else train
+    if not isinstance(train, list) or not train:
+        raise ValueError(f"{source}: 'data.train' must be a folder or a non-empty list of folders")
+    train = tuple(_resolve_folder(t, "data.train", source, None) for t in train)
+    val = _resolve_folder(d.raw("val", DEFAULT_VAL), "data.val", source, None)
+    crop = d.integer("crop", 128, minimum=16)
+    val_crop = d.integer("val_crop", crop, minimum=16)
+    val_limit = d.integer("val_limit", 8, minimum=1, optional=True)
+    d.done()
+    scale = 1 if task == "deblur" else int(task[2:])
+    for name, c in (("crop", crop), ("val_crop", val_crop)):
+        if c % scale:
+            raise ValueError(f"{source}: 'data.{name}' ({c}) must be a multiple of the scale factor {scale}")
+    s = top.sub("schedule")
+    sched = dict(batch_size=s.integer("batch_size", 16, minimum=1), steps=s.integer("steps", 10000, minimum=1),
+                 lr=s.positive_float("lr", 1e-5), scalar_lr=s.positive_float("scalar_lr", 1e-2),
+                 lambda_lr=s.positive_float("lambda_lr", 0.1), validate_every=s.integer("validate_every", 500, minimum=1),
+                 log_every=s.integer("log_every", 10, minimum=1))
+    s.done()
+    c = top.sub("checkpoint")
+    every, keep = c.integer("every", sched["validate_every"], minimum=1), c.integer("keep", 3, minimum=1)
+    c.done()
+    seed = top.integer("seed", 0, minimum=0)
+    file_out = top.raw("out_dir")
+    top.done()
+    stem = Path(source).stem if source != "<dict>" else f"{mode}-{task}"
+    out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/suppa/{stem}").expanduser().resolve()
+    return SuppaTrainConfig(mode, task, denoiser, model, init_sigma, init_lam, init_sigma_max, train, val, crop, val_crop,
+                            val_limit, checkpoint_every=every, checkpoint_keep=keep, seed=seed, out_dir=out, source=source,
+                            **sched)
+
+
+def load_suppa_config(path, *, out_dir=None) -> SuppaTrainConfig:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    return suppa_config_from_dict(raw, source=str(path), out_dir=out_dir)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def initial_params(config: SuppaTrainConfig):
+    """``(graphdef, params)``: the pretrained denoiser and the initial ``(sigma, rho)``."""
+    model = load_drunet(_denoiser_path(config.denoiser))
+    graphdef, net = nnx.split(model)
+    noise = max(noise_std(config.task), SIGMA_FLOOR)
+    if config.mode == "explicit":
+        sched = pnp_schedule(config.model.iterations, noise, sigma_max=config.init_sigma_max, lam=config.init_lam,
+                             sigma_min=max(config.init_sigma, noise) if config.task != "deblur" else None)
+        sigma, rho = np.asarray(sched.sigma), np.asarray(sched.rho)
+    else:
+        sigma = config.init_sigma
+        rho = config.init_lam * noise**2 / sigma**2
+    return graphdef, strong(unrolled.init_params(config.model, net, sigma, rho))
+
+
+def make_optimizer(config: SuppaTrainConfig) -> optax.GradientTransformation:
+    """Adam with one learning rate per group: the denoiser, ``log sigma``/``log rho``, and
+    SUPPA's ``lambda`` (its own rate, 0.1 in the paper)."""
+    labels = {"net": "net", "log_sigma": "scalar", "log_rho": "scalar", "log1p_lambda": "lambda"}
+    return optax.multi_transform({"net": optax.adam(config.lr), "scalar": optax.adam(config.scalar_lr),
+                                  "lambda": optax.adam(config.lambda_lr)},
+                                 lambda params: {k: jax.tree.map(lambda _: labels[k], v) for k, v in params.items()})
+
+
+def degrade_batch(key, x, ops, noise: float):
+    y = jax.vmap(lambda op, v: op(v))(ops, x)
+    return y + noise * jax.random.normal(key, y.shape, y.dtype) if noise > 0 else y
+
+
+@functools.partial(jax.jit, static_argnames=("model", "graphdef", "tx", "noise"))
+def train_step(params, opt_state, x, ops, key, step, *, model: unrolled.UnrolledConfig, graphdef, tx, noise: float):
+    """One optimizer step of ``model.mode`` on the clean batch ``x`` (degraded here with the
+    noise of ``(key, step)``). Returns ``(params, opt_state, loss, aux)``."""
+    k_noise, k_iter = jax.random.split(step_keys(key, step)[1])
+    y = degrade_batch(k_noise, x, ops, noise)
+    (value, aux), grads = jax.value_and_grad(lambda p: unrolled.loss(model, graphdef, p, ops, y, x, k_iter), has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value, aux
+
+
+@functools.partial(jax.jit, static_argnames=("model", "graphdef"))
+def eval_batch(params, x, y, ops, *, model: unrolled.UnrolledConfig, graphdef):
+    out, info = unrolled.solve(model, graphdef, params, ops, y)
+    return jax.vmap(psnr)(jnp.clip(out, 0.0, 1.0), x), info.iterations
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_steps: int | None = None,
+                progress: bool = True) -> TrainResult:
+    """Train as ``config`` says, writing to ``config.out_dir`` ``metrics.jsonl``,
+    ``checkpoints/`` and, once complete, ``suppa_<mode>_<task>.npz``. ``resume`` and
+    ``max_steps`` as in :func:`jaxrestore.train.irestnet.train_irestnet`."""
+    if max_steps is not None and max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    c = config
+    c.out_dir.mkdir(parents=True, exist_ok=True)
+    graphdef, params = initial_params(c)
+    tx = make_optimizer(c)
+    opt_state = tx.init(params)
+    key = jax.random.split(jax.random.key(c.seed))
+    noise = float(noise_std(c.task))
+    images = TrainImages(c.train, c.crop)
+    ops = batched(task_operator(c.task, (c.crop, c.crop)), c.batch_size)
+    val_x = ImageFolder(c.val, crop=c.val_crop, limit=c.val_limit).stack().astype(np.float32)
+    val_ops = batched(task_operator(c.task, (c.val_crop, c.val_crop)), 1)
+    val_y = [np.asarray(degrade_batch(jax.random.fold_in(key[1], i), jnp.asarray(val_x[i:i + 1]), val_ops, noise))
+             for i in range(len(val_x))]
+
+    periodic = CheckpointStore(c.out_dir / "checkpoints" / "periodic", max_to_keep=c.checkpoint_keep)
+    best_store = CheckpointStore(c.out_dir / "checkpoints" / "best", max_to_keep=1)
+    step, elapsed, best = 0, 0.0, None
+    latest = periodic.latest_step()
+    if latest is None and resume:
+        raise ValueError(f"cannot restore checkpoint from {periodic.directory}: no checkpoint found")
+    if latest is not None and resume is False:
+        raise ValueError(f"{c.out_dir} already holds checkpoints; resume the run or choose another output folder")
+    check_run_identity(c, latest is not None)
+    if latest is not None:
+        state, meta = periodic.restore(latest, {"params": params, "opt": opt_state})
+        params, opt_state = strong(state["params"]), strong(state["opt"])
+        step, elapsed = latest, float(meta.get("elapsed") or 0.0)
+        if meta.get("best_step") is not None:
+            best = (meta["best_psnr"], meta["best_step"])
+    best_store.delete_after(step)
+    log = MetricsLog(c.out_dir / "metrics.jsonl", keep_until=step)
+
+    def validate():
+        scores, iters = [], []
+        for i in range(len(val_x)):
+            p, n = eval_batch(params, jnp.asarray(val_x[i:i + 1]), jnp.asarray(val_y[i]), val_ops, model=c.model, graphdef=graphdef)
+            scores.append(float(p[0]))
+            iters.append(int(n))
+        return float(np.mean(scores)), float(np.mean(iters))
+
+    def save():
+        periodic.save(step, {"params": params, "opt": opt_state},
+                      {"elapsed": elapsed, "best_psnr": best and best[0], "best_step": best and best[1]})
+
+    stop_at = c.steps if max_steps is None else min(c.steps, max_steps)
+    if step == 0 and stop_at > 0:
+        v, it = validate()
+        log.write({"step": 0, "val_psnr": v, "val_iterations": it, "wall_time": 0.0})
+        best = (v, 0)
+        best_store.save(0, params, {"val_psnr": v})
+    t0, e0 = time.perf_counter(), elapsed
+    bar = tqdm(total=c.steps, initial=step, file=sys.stderr, disable=None if progress else True, unit="step",
+               dynamic_ncols=True, desc=f"{c.mode} {c.task}")
+    pending, last_val = [], best and best[0]
+    try:
+        while step < stop_at:
+            x = jnp.asarray(images.batch(key[0], step, c.batch_size))
+            params, opt_state, value, aux = train_step(params, opt_state, x, ops, key[0], np.uint32(step), model=c.model,
+                                                       graphdef=graphdef, tx=tx, noise=noise)
+            pending.append((value, aux["iterations"]))
+            step += 1
+            validate_now = step % c.validate_every == 0 or step == c.steps
+            if validate_now or step % c.log_every == 0 or step == stop_at:
+                elapsed = e0 + time.perf_counter() - t0
+                sigma, rho = unrolled.sigma_rho(params)
+                record = {"step": step, "train_loss": float(np.mean([float(v) for v, _ in pending])),
+                          "forward_iterations": float(np.mean([float(n) for _, n in pending])),
+                          "sigma": np.asarray(sigma).round(6).tolist(), "rho": np.asarray(rho).round(6).tolist()}
+                if c.mode == "suppa":
+                    record["lambda"] = float(unrolled.convergence_rate(params))
+                pending = []
+                if not np.isfinite(record["train_loss"]):
+                    raise TrainingDiverged(f"training loss is {record['train_loss']} at step {step}")
+                if validate_now:
+                    last_val, record["val_iterations"] = validate()
+                    record["val_psnr"] = last_val
+                    if best is None or last_val > best[0]:
+                        best = (last_val, step)
+                        best_store.save(step, params, {"val_psnr": last_val})
+                record["wall_time"] = round(elapsed, 3)
+                log.write(record)
+                bar.set_postfix({"loss": f"{record['train_loss']:.2e}", "val_psnr": f"{last_val:.2f}"}, refresh=False)
+                if step % c.checkpoint_every == 0 or step == stop_at:
+                    save()
+            bar.update()
+        if step not in periodic.steps():
+            elapsed = e0 + time.perf_counter() - t0
+            save()
+    finally:
+        bar.close()
+        log.close()
+    completed = step >= c.steps
+    weights = None
+    if completed:
+        final, best_step = params, step
+        if best is not None:
+            final, meta = best_store.restore(best[1], params)
+            best_step = meta["step"]
+        meta = {"step": best_step, "val_psnr": best and best[0], "task": c.task, "mode": c.mode, "val_crop": c.val_crop,
+                "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
+        weights = unrolled.save(c.out_dir / f"suppa_{c.mode}_{c.task}.npz", c.model, graphdef, final, meta)
+    periodic.close()
+    best_store.close()
+    return TrainResult(out_dir=c.out_dir, steps=step, total_steps=c.steps, completed=completed, weights=weights,
+                       best_step=best and best[1], best_val_loss=None, best_val_ssim=None, elapsed=elapsed,
+                       metrics=c.out_dir / "metrics.jsonl", best_val_psnr=best and best[0])
+
+
+def cli_train_suppa(args, path, say, report) -> int:
+    """``jaxrestore train`` for a ``kind: suppa`` config."""
+    c = load_suppa_config(path, out_dir=args.out)
+    say(f"PnP-ADMM {c.mode} training on {c.task}: denoiser {c.denoiser}, crop {c.crop}, batch {c.batch_size}, "
+        f"{c.steps} steps; output {c.out_dir}")
+    result = train_suppa(c, resume=True if args.resume else None, max_steps=args.max_steps)
+    best = "n/a" if result.best_val_psnr is None else f"PSNR {result.best_val_psnr:.2f} dB"
+    report(args, result, best)
+    return 0
+
+
+__all__ = ["SuppaTrainConfig", "suppa_config_from_dict", "load_suppa_config", "initial_params", "make_optimizer",
+           "train_step", "eval_batch", "train_suppa", "cli_train_suppa"]
