@@ -189,6 +189,8 @@ def load_weights(path) -> DRUNet:
     try:
         raw = json.loads(str(data["__config__"]))
         config = DRUNetConfig(**raw)
+    except KeyError:
+        raise ValueError(f"cannot load DRUNet weights {path}: bad config (none stored)") from None
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise ValueError(f"cannot load DRUNet weights {path}: bad config ({e})") from None
     abstract = nnx.eval_shape(lambda: DRUNet(config, rngs=nnx.Rngs(0)))

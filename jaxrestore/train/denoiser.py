@@ -106,7 +106,8 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
         raise ValueError(f"{source}: 'kind' must be denoiser here, got {kind!r}")
     m = top.sub("model")
     channels = m.raw("channels", [64, 128, 256, 512])
-    if not isinstance(channels, list) or not channels or not all(isinstance(c, int) and c > 0 for c in channels):
+    if not isinstance(channels, list) or not channels or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels):
         raise ValueError(f"{source}: 'model.channels' must be a list of positive integers, got {channels!r}")
     model = DRUNetConfig(channels=tuple(channels), blocks=m.integer("blocks", 4, minimum=0))
     m.done()
@@ -276,7 +277,10 @@ def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, m
             pending.append(loss)
             step += 1
             validate_now = step % c.validate_every == 0 or step == c.steps
-            if validate_now or step % c.log_every == 0 or step == stop_at:
+            # a checkpoint step is also logged: its loss is checked for divergence first, and a run
+            # resumed from it logs the same records as the uninterrupted one
+            checkpoint_now = step % c.checkpoint_every == 0 or step == stop_at
+            if validate_now or checkpoint_now or step % c.log_every == 0:
                 elapsed = e0 + time.perf_counter() - t0
                 record = {"step": step, "lr": float(make_lr(c)(step - 1)), "train_loss": float(np.mean([float(v) for v in pending]))}
                 pending = []
@@ -296,7 +300,7 @@ def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, m
                 if last_val is not None:
                     post["val_psnr"] = f"{last_val:.2f}"
                 bar.set_postfix(post, refresh=False)
-                if step % c.checkpoint_every == 0 or step == stop_at:
+                if checkpoint_now:
                     save()
             bar.update()
         if step not in periodic.steps():
