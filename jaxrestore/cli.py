@@ -332,6 +332,12 @@ def _cmd_restore(args) -> int:
         _positive(getattr(args, name), f"--{name}")
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.method in ("pnp-admm", "suppa"):
+        return _restore_admm(args)
+    if args.scale is not None:
+        raise ValueError(f"--scale (super-resolution) works with --method pnp-admm or suppa, not {args.method}")
+    if args.preset is None and args.kernel is None and args.kernel_shape is None:
+        raise ValueError("give the blur with one of --preset, --kernel or --kernel-shape")
     blur = _blur_model(args)
     inputs, is_folder = _inputs(args.input)
     outputs = _outputs(inputs, is_folder, args.output)
@@ -375,6 +381,126 @@ def _cmd_restore(args) -> int:
         means = np.mean([r[1:] for r in rows], axis=0)
         print(f"\nquality against --reference ({args.method}; float results clipped to [0, 1], before 8-bit rounding):")
         print(_markdown(["image", "input PSNR", "input SSIM", "PSNR", "SSIM"], rows + [["mean", *means]]))
+    return 0
+
+
+@functools.partial(jax.jit, static_argnames=("denoiser", "num_iters"))
+def _pnp(op, y, net, noise, sigma_max, sigma_min, lam, *, denoiser, num_iters):
+    from jaxrestore.solvers.admm import pnp_admm
+
+    return jnp.clip(pnp_admm(op, denoiser, net, y, noise_sigma=noise, num_iters=num_iters, sigma_max=sigma_max,
+                             sigma_min=sigma_min, lam=lam), 0.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _suppa(config, graphdef, params, op, y):
+    from jaxrestore.models.unrolled import solve
+
+    x, info = solve(config, graphdef, params, jax.tree.map(lambda a: a[None], op), y[None])
+    return jnp.clip(x[0], 0.0, 1.0), info
+
+
+def _admm_operator(args, blur: BlurModel | None, shape, src: Path):
+    """The forward model for an observation of ``shape``: the blur, or (``--scale s``) blur or
+    bicubic (no antialiasing) followed by s-fold decimation."""
+    from jaxrestore.operators import Downsample
+
+    if args.scale is None:
+        return _operator_for(blur, shape, src)
+    s = args.scale
+    hw = (shape[0] * s, shape[1] * s)
+    kernel, convention = (kernels.bicubic(s, antialias=False), "convolution") if blur is None else (blur.kernel, blur.convention)
+    try:
+        return Downsample.from_kernel(kernel, hw, s, convention)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}") from None
+
+
+def _restore_admm(args) -> int:
+    """``--method pnp-admm`` (our DRUNet in DPIR's schedule) or ``suppa`` (a trained unrolled
+    model), for deblurring or, with ``--scale``, super-resolution."""
+    from jaxrestore.models import pretrained
+    from jaxrestore.protocols.suppa import PNP_PARAMS
+
+    if args.scale is not None and args.scale not in (2, 3, 4):
+        raise ValueError(f"--scale must be 2, 3 or 4, got {args.scale}")
+    have_blur = not (args.preset is None and args.kernel is None and args.kernel_shape is None)
+    if not have_blur and args.scale is None:
+        raise ValueError("give the blur with one of --preset, --kernel or --kernel-shape (or --scale for super-resolution)")
+    blur = _blur_model(args) if have_blur else None
+    task = "deblur" if args.scale is None else f"sr{args.scale}"
+    inputs, is_folder = _inputs(args.input)
+    outputs = _outputs(inputs, is_folder, args.output)
+    refs = _references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
+    what = blur.description if blur is not None else "bicubic (no antialiasing)"
+    _say(f"forward model: {what}{f', then decimation by {args.scale}' if args.scale else ''}; method {args.method}")
+    if args.method == "pnp-admm":
+        if args.weights:
+            from jaxrestore.models.drunet import load_weights
+
+            model, origin = load_weights(args.weights), f"weights {args.weights}"
+        else:
+            model, origin = pretrained.drunet("small"), "the shipped denoiser (drunet_small)"
+        from jaxrestore.models.drunet import as_denoiser
+
+        denoiser, net = as_denoiser(model)
+        settings = dict(PNP_PARAMS[task])
+        if args.iterations is not None:
+            settings["num_iters"] = args.iterations
+        if args.lam is not None:
+            settings["lam"] = args.lam
+        smin = settings["sigma_min"]
+        end = "the noise level" if smin is None else f"{smin * 255:.3g}/255"
+        _say(f"PnP-ADMM: {origin}; {settings['num_iters']} iterations, lam {settings['lam']:g}, "
+             f"sigma {settings['sigma_max'] * 255:.3g}/255 -> {end}")
+    else:
+        from jaxrestore.models import unrolled
+
+        path = Path(args.weights) if args.weights else pretrained.suppa_path("suppa", task)
+        if not args.weights and not path.is_file():
+            raise ValueError(f"no shipped SUPPA model for {task}; train one with `jaxrestore train suppa/suppa-{task}` "
+                             "and pass --weights FILE")
+        config, graphdef, params, meta = unrolled.load(path)
+        _say(f"{config.mode} model {path.name} (trained for {meta.get('task', '?')}); "
+             + (f"{config.iterations} iterations" if config.mode == "explicit" else f"fixed point to tol {config.tol:g}, "
+                f"at most {config.max_iters} iterations"))
+    rows = []
+    with _progress(len(inputs), is_folder, "restore") as bar:
+        for src, dst, ref in zip(inputs, outputs, refs):
+            y = load_image(src)
+            op = _admm_operator(args, blur, y.shape, src)
+            gt = None
+            if ref is not None:
+                gt = load_image(ref)
+                if gt.shape[:2] != tuple(op.shape):
+                    raise ValueError(f"reference {ref} is {gt.shape[0]}x{gt.shape[1]} but the restored image is "
+                                     f"{op.shape[0]}x{op.shape[1]}")
+            if args.method == "pnp-admm":
+                if args.sigma is not None or args.scale is None:
+                    sigma, how = _noise_level(args, blur.preset if blur is not None else None, y)
+                else:
+                    sigma, how = 0.0, "super-resolution default"
+                smin = settings["sigma_min"]
+                x = _pnp(op, jnp.asarray(y), net, jnp.float32(sigma), jnp.float32(settings["sigma_max"]),
+                         None if smin is None else jnp.float32(smin), jnp.float32(settings["lam"]), denoiser=denoiser,
+                         num_iters=int(settings["num_iters"]))
+                note = f"noise std {sigma:.4g} ({how})"
+            else:
+                x, info = _suppa(config, graphdef, params, op, jnp.asarray(y))
+                conv = "" if config.mode == "explicit" else (f"; {int(info.iterations)} iterations, residual "
+                                                             f"{float(info.residual):.2e}" +
+                                                             ("" if bool(info.converged) else " (NOT converged)"))
+                note = f"{args.method}{conv}"
+            x = np.asarray(x)
+            save_image(dst, x)
+            _say(f"{dst}: {note}")
+            if gt is not None:
+                rows.append([src.name, float(psnr(jnp.clip(jnp.asarray(x), 0, 1), jnp.asarray(gt))), float(ssim(jnp.asarray(x), gt))])
+            bar.update()
+    if rows:
+        means = np.mean([r[1:] for r in rows], axis=0)
+        print(f"\nquality against --reference ({args.method}; before 8-bit rounding):")
+        print(_markdown(["image", "PSNR", "SSIM"], rows + [["mean", *means]]))
     return 0
 
 
@@ -478,9 +604,10 @@ def _cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_blur_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("blur (exactly one of --preset, --kernel, --kernel-shape)")
-    m = g.add_mutually_exclusive_group(required=True)
+def _add_blur_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("blur (exactly one of --preset, --kernel, --kernel-shape)" if required else
+                             "blur (one of --preset, --kernel, --kernel-shape; optional with --scale)")
+    m = g.add_mutually_exclusive_group(required=required)
     m.add_argument("--preset", metavar="NAME",
                    help=f"iRestNet setting: kernel, convention, noise and VAR parameters ({', '.join(list_presets())})")
     m.add_argument("--kernel", metavar="FILE[:KEY]",
@@ -530,10 +657,14 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output image (or folder: one .png per input, same names)")
-    r.add_argument("--method", choices=("var", "wiener", "irestnet"), default="var", help="restoration method (default var)")
+    r.add_argument("--method", choices=("var", "wiener", "irestnet", "pnp-admm", "suppa"), default="var",
+                   help="restoration method (default var)")
     r.add_argument("--weights", metavar="FILE", help="irestnet: weights saved by 'jaxrestore train' (default: the "
-                   "weights shipped for --preset)")
-    _add_blur_options(r)
+                   "weights shipped for --preset); pnp-admm: a DRUNet file (default: the shipped denoiser); suppa: a "
+                   "trained model suppa_<mode>_<task>.npz (default: the shipped SUPPA model of the task)")
+    r.add_argument("--scale", type=int, metavar="S", help="pnp-admm/suppa: super-resolution by S (2, 3, 4): the forward "
+                   "model is the blur (default: bicubic without antialiasing) followed by S-fold decimation")
+    _add_blur_options(r, required=False)
     r.add_argument("--sigma", type=float, metavar="S", help="noise std on the [0, 1] scale (default: see above)")
     r.add_argument("--lam", type=float, help="regularisation weight (default: see above)")
     r.add_argument("--delta", type=float, help="VAR: TV smoothing delta (default: see above)")

@@ -49,4 +49,10 @@ def drunet(name: str = "small"):
     return load_weights(path)
 
 
-__all__ = ["irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
+def suppa_path(mode: str = "suppa", task: str = "deblur") -> Path:
+    """The shipped trained PnP-ADMM model of ``mode`` (explicit, deq, jfb, suppa) for ``task``
+    (:func:`jaxrestore.models.unrolled.load`)."""
+    return WEIGHTS_DIR / f"suppa_{mode}_{task}.npz"
+
+
+__all__ = ["suppa_path", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]

@@ -44,7 +44,9 @@ FORMAT = "jaxrestore.unrolled_admm.weights/1"
 class UnrolledConfig:
     """``iterations``: unrolled steps of ``explicit``; ``max_iters`` / ``tol``: the forward
     fixed-point pass of the other modes (relative change of ``(x, u)``); ``backward_*``: the
-    implicit backward solve of ``deq``."""
+    implicit backward solve of ``deq`` (Anderson, ``m = 5``). ``unroll``: inline the
+    differentiated loops (explicit's iterations, deq's backward solve) instead of looping; XLA:CPU
+    runs convolution gradients inside loops about 10x slower, so CPU configs set it."""
 
     mode: Mode = "suppa"
     iterations: int = 6
@@ -52,6 +54,7 @@ class UnrolledConfig:
     tol: float = 1e-3
     backward_tol: float = 1e-4
     backward_max_iters: int = 50
+    unroll: bool = False
     drunet: DRUNetConfig = SMALL
 
     def __post_init__(self):
@@ -131,7 +134,7 @@ def _fixed_params(params) -> ADMMParams:
     return ADMMParams(params["net"], sigma[0], rho[0])
 
 
-def _unroll(graphdef, params, ops, y, num_iters: int, trace=None):
+def _unroll(graphdef, params, ops, y, num_iters: int, trace=None, unroll: bool = False):
     """``num_iters`` iterations with per-iteration ``(sigma_k, rho_k)`` (explicit mode)."""
     f = batch_map(graphdef, ops, y)
     sigma, rho = sigma_rho(params)
@@ -140,7 +143,7 @@ def _unroll(graphdef, params, ops, y, num_iters: int, trace=None):
         state = f(ADMMParams(params["net"], sr[0], sr[1]), state)
         return state, (trace(state) if trace is not None else None)
 
-    return jax.lax.scan(body, initial_state(ops, y), (sigma[:num_iters], rho[:num_iters]))
+    return jax.lax.scan(body, initial_state(ops, y), (sigma[:num_iters], rho[:num_iters]), unroll=unroll)
 
 
 def solve(config: UnrolledConfig, graphdef, params, ops, y, *, max_iters: int | None = None, tol: float | None = None,
@@ -150,11 +153,12 @@ def solve(config: UnrolledConfig, graphdef, params, ops, y, *, max_iters: int | 
     to ``tol`` (default ``config.tol``) or ``max_iters`` (default ``config.max_iters``), with
     Anderson acceleration if asked, differentiated by ``adjoint`` (default: the mode's own)."""
     if config.mode == "explicit":
-        state, _ = _unroll(graphdef, params, ops, y, config.iterations)
+        state, _ = _unroll(graphdef, params, ops, y, config.iterations, unroll=config.unroll)
         n = jnp.asarray(config.iterations)
         return state.x, FixedPointInfo(n, jnp.asarray(jnp.nan), jnp.asarray(True), jnp.all(jnp.isfinite(state.x)))
     if adjoint is None:
-        adjoint = {"deq": Implicit("anderson", tol=config.backward_tol, max_iters=config.backward_max_iters, m=5),
+        adjoint = {"deq": Implicit("anderson", tol=config.backward_tol, max_iters=config.backward_max_iters, m=5,
+                                   unroll=config.unroll),
                    "jfb": JacobianFree(), "suppa": JacobianFree()}[config.mode]
     f = batch_map(graphdef, ops, y)
     state, info = fixed_point(f, _fixed_params(params), initial_state(ops, y), adjoint=adjoint,

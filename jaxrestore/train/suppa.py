@@ -7,7 +7,7 @@ Schema (every key optional unless marked; unknown keys are errors)::
     mode: suppa                          # required: explicit | deq | jfb | suppa
     task: deblur                         # required: deblur | sr2 | sr3 | sr4
     denoiser: small                      # a shipped DRUNet name or a drunet_*.npz path: the start point
-    model: {iterations: 6, max_iters: 50, tol: 1.0e-3, backward_tol: 1.0e-4, backward_max_iters: 50}
+    model: {iterations: 6, max_iters: 50, tol: 1.0e-3, backward_tol: 1.0e-4, backward_max_iters: 50, unroll: false}
     init: {sigma: 0.03, lam: 0.23, sigma_max: 0.19}
         # explicit: DPIR's schedule (sigma_max -> noise, rho = lam noise^2 / sigma^2) over the iterations;
         # other modes: one sigma and rho = lam noise^2 / sigma^2
@@ -135,7 +135,7 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     model = unrolled.UnrolledConfig(
         mode=mode, iterations=m.integer("iterations", 6, minimum=1), max_iters=m.integer("max_iters", 50, minimum=1),
         tol=m.positive_float("tol", 1e-3), backward_tol=m.positive_float("backward_tol", 1e-4),
-        backward_max_iters=m.integer("backward_max_iters", 50, minimum=1),
+        backward_max_iters=m.integer("backward_max_iters", 50, minimum=1), unroll=m.boolean("unroll", False),
         drunet=DRUNetConfig(channels=tuple(drunet_cfg["channels"]), blocks=drunet_cfg["blocks"],
                             in_channels=drunet_cfg.get("in_channels", 3)))
     m.done()
@@ -306,7 +306,8 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
             pending.append((value, aux["iterations"]))
             step += 1
             validate_now = step % c.validate_every == 0 or step == c.steps
-            if validate_now or step % c.log_every == 0 or step == stop_at:
+            checkpoint_now = step % c.checkpoint_every == 0 or step == stop_at
+            if validate_now or checkpoint_now or step % c.log_every == 0:
                 elapsed = e0 + time.perf_counter() - t0
                 sigma, rho = unrolled.sigma_rho(params)
                 record = {"step": step, "train_loss": float(np.mean([float(v) for v, _ in pending])),
@@ -326,7 +327,7 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
                 record["wall_time"] = round(elapsed, 3)
                 log.write(record)
                 bar.set_postfix({"loss": f"{record['train_loss']:.2e}", "val_psnr": f"{last_val:.2f}"}, refresh=False)
-                if step % c.checkpoint_every == 0 or step == stop_at:
+                if checkpoint_now:
                     save()
             bar.update()
         if step not in periodic.steps():
