@@ -12,7 +12,8 @@ is learned: the denoiser's weights and the iteration's ``(sigma, rho)``, stored 
 * ``jfb``: as ``deq``, differentiated through one last iteration only (Jacobian-free);
 * ``suppa``: as ``deq`` for inference; trained per iteration with the learned convergence rate
   ``lambda``: ``l_k = ||(1 + lambda) f(x_k) - lambda x_k - x_gt||^2`` on the last iterate and one
-  drawn at random, the forward pass running without gradients.
+  drawn at random (reservoir sampling: no stored history), the forward pass running without
+  gradients (:func:`suppa_forward`).
 
 Everything here is a pure function of ``(graphdef, params)``: :func:`solve` restores a batch,
 :func:`loss` is the training objective of a mode. The trained model is saved as one ``.npz``
@@ -30,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrestore.fixed_point import (Anderson, Explicit, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point,
-                                    fixed_point_iterates)
+from jaxrestore.fixed_point import Anderson, Explicit, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point
 from jaxrestore.models.drunet import SMALL, DRUNet, DRUNetConfig
 from jaxrestore.solvers.admm import ADMMParams, ADMMState, admm_map, initial_estimate
 
@@ -210,15 +210,43 @@ def loss(config: UnrolledConfig, graphdef, params, ops, y, x_gt, key):
     # iterate and one earlier iterate drawn uniformly
     f = batch_map(graphdef, ops, y)
     p = _fixed_params(params)
-    history, count = fixed_point_iterates(f, p, initial_state(ops, y), tol=config.tol, max_iters=config.max_iters)
-    k = jax.random.randint(key, (), 0, jnp.maximum(count, 1))
+    last, drawn, count, picked = suppa_forward(f, p, initial_state(ops, y), key, tol=config.tol, max_iters=config.max_iters)
     lam = convergence_rate(params)
     total = 0.0
-    for idx in (count, k):
-        s = jax.tree.map(lambda h: jax.lax.dynamic_index_in_dim(h, idx, 0, keepdims=False), history)
-        fx = f(p, s).x
-        total = total + _mse((1.0 + lam) * fx - lam * s.x, x_gt)
-    return total / 2, {"iterations": count, "residual": jnp.asarray(jnp.nan)}
+    for s in (last, drawn):
+        total = total + _mse((1.0 + lam) * f(p, s).x - lam * s.x, x_gt)
+    return total / 2, {"iterations": count, "residual": jnp.asarray(jnp.nan), "picked": picked}
+
+
+def suppa_forward(f, params, state0, key, *, tol: float, max_iters: int):
+    """SUPPA's forward pass: iterate ``f`` without gradients to a relative change below ``tol``
+    (over the whole state) or ``max_iters``, keeping the last iterate and one of the earlier
+    iterates ``s_0 .. s_{n-1}`` drawn uniformly by reservoir sampling (iterate ``k`` replaces
+    the kept one with probability ``1 / (k + 1)``). Memory stays constant in ``max_iters``:
+    no history is stored. Returns ``(last, drawn, n, index of drawn)``."""
+    params = jax.lax.stop_gradient(params)
+    from jaxrestore.solvers.base import relative_change
+
+    def change(new, old):
+        return relative_change(jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(new)]),
+                               jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(old)]))
+
+    def cond(c):
+        return (c[2] < max_iters) & (c[4] >= tol)  # NaN residual (non-finite iterate) stops too
+
+    def body(c):
+        s, kept, k, idx, _, key = c
+        key, sub = jax.random.split(key)
+        take = jax.random.uniform(sub) * (k + 1) < 1.0
+        kept = jax.tree.map(lambda a, b: jnp.where(take, a, b), s, kept)
+        new = f(params, s)
+        return new, kept, k + 1, jnp.where(take, k, idx), change(new, s), key
+
+    state0 = jax.lax.stop_gradient(state0)
+    dtype = jax.tree.leaves(state0)[0].dtype
+    init = (state0, state0, jnp.asarray(0), jnp.asarray(0), jnp.asarray(jnp.inf, dtype), key)
+    last, drawn, n, idx, _, _ = jax.lax.while_loop(cond, body, init)
+    return last, drawn, n, idx
 
 
 # ----------------------------------------------------------------------------- files
@@ -255,4 +283,4 @@ def load(path):
 
 
 __all__ = ["MODES", "UnrolledConfig", "init_params", "sigma_rho", "convergence_rate", "batch_map", "initial_state",
-           "solve", "trajectory", "loss", "save", "load", "FORMAT"]
+           "solve", "trajectory", "loss", "suppa_forward", "save", "load", "FORMAT"]
