@@ -645,14 +645,19 @@ def _build_parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_cmd_degrade)
 
     r = sub.add_parser(
-        "restore", formatter_class=fmt, help="deblur an image (or a folder) with VAR (TV) or Wiener",
-        description="Deblur INPUT with a known blur (non-blind).\n\n"
+        "restore", formatter_class=fmt, help="deblur (or super-resolve) an image or a folder: VAR, Wiener, iRestNet, "
+                                             "PnP-ADMM, SUPPA",
+        description="Deblur INPUT with a known blur (non-blind), or super-resolve it (--scale, pnp-admm/suppa).\n\n"
                     "noise std: --sigma, else the preset's fixed one, else estimate_sigma(y) (printed).\n"
                     "var: projected FISTA on 1/2||Ax - y||^2 + lam TV_delta(x), x in [0, 1]. lam, delta and\n"
                     "  iterations: the options when given, else the preset's tuned values (gaussB: lam scaled\n"
                     "  by sigma / 0.03), else (no preset, or a --sigma other than the preset's) the rule\n"
                     "  var_params_for_sigma(sigma).\n"
                     f"wiener: closed-form 1/2||Ax - y||^2 + lam/2 ||grad x||^2, lam default {WIENER_LAM_SCALE:g} sigma^2.\n"
+                    "irestnet: the unfolded interior-point network (shipped weights for --preset, or --weights).\n"
+                    "pnp-admm: scaled ADMM with our DRUNet denoiser, DPIR's sigma schedule (--iterations, --lam).\n"
+                    "suppa: a trained unrolled ADMM model (--weights suppa_<mode>_<task>.npz); fixed-point modes\n"
+                    "  report their iterations and residual, and say when they did not converge.\n"
                     "Results are clipped to [0, 1] and written as 8-bit images.")
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
