@@ -487,6 +487,9 @@ def _restore_admm(args) -> int:
                 note = f"noise std {sigma:.4g} ({how})"
             else:
                 x, info = _suppa(config, graphdef, params, op, jnp.asarray(y))
+                if not bool(info.finite):
+                    raise ValueError(f"{src}: the {config.mode} iteration produced non-finite values after "
+                                     f"{int(info.iterations)} iterations (is the model meant for this forward model?)")
                 conv = "" if config.mode == "explicit" else (f"; {int(info.iterations)} iterations, residual "
                                                              f"{float(info.residual):.2e}" +
                                                              ("" if bool(info.converged) else " (NOT converged)"))
