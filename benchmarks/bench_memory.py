@@ -43,13 +43,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-import statistics
 
 # Only matters on a GPU: the parent and the per-configuration children share the device.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -134,7 +134,7 @@ def problem(args):
     ops = batched(task_operator("deblur", (args.size, args.size)), args.batch)
     # Adam's state is two copies of the parameters whatever the mode (make_optimizer's per-group
     # learning rates do not change its size).
-    return {"graphdef": graphdef, "net": net, "drunet": model.config if hasattr(model, "config") else None,
+    return {"graphdef": graphdef, "net": net, "drunet": model.config,
             "weights": weights, "x": x, "ops": ops, "key": jax.random.key(0), "tx": optax.adam(1e-4)}
 
 
@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
 
     if args.only is None:
         model, weights = denoiser(args) if isolate else (None, setup["weights"])
-        drunet = (model.config if isolate else setup["drunet"])
+        drunet = model.config if isolate else setup["drunet"]
         summary = checks(rows, args.K)
         for r in rows:
             r["ratio"] = next(s["ratio"] for s in summary if s["mode"] == r["mode"])

@@ -50,7 +50,7 @@ DEBLUR_NOISE = 0.01
 # projected_gradient minimises 1/2 ||A x - y||^2 + lam R(x) with the smoothed TV
 # R = sum sqrt(|D x|^2 / delta^2 + 1), i.e. about (lam / delta) TV(x).
 TV_PARAMS = {
-    "deblur": {"lam": 1e-4, "delta": 0.01, "iterations": 1000},
+    "deblur": {"lam": 5e-6, "delta": 0.01, "iterations": 500},
     "sr2": {"lam": 1e-5, "delta": 0.01, "iterations": 1000},
     "sr3": {"lam": 1e-5, "delta": 0.01, "iterations": 1000},
     "sr4": {"lam": 1e-5, "delta": 0.01, "iterations": 1000},
@@ -60,7 +60,7 @@ TV_PARAMS = {
 # level), rho_k = lam * max(noise, SIGMA_FLOOR)^2 / sigma_k^2. For SR, sigma_min = s / 255 as in
 # DPIR's main_dpir_sisr.py.
 PNP_PARAMS = {
-    "deblur": {"num_iters": 8, "lam": 0.23, "sigma_max": 49 / 255, "sigma_min": None},
+    "deblur": {"num_iters": 8, "lam": 0.5, "sigma_max": 49 / 255, "sigma_min": 6 / 255},
     "sr2": {"num_iters": 24, "lam": 0.23, "sigma_max": 49 / 255, "sigma_min": 2 / 255},
     "sr3": {"num_iters": 24, "lam": 0.23, "sigma_max": 49 / 255, "sigma_min": 3 / 255},
     "sr4": {"num_iters": 24, "lam": 0.23, "sigma_max": 49 / 255, "sigma_min": 4 / 255},
