@@ -87,8 +87,10 @@ def model_file(method: str, task: str, models_dir=None) -> Path:
     name = f"suppa_{mode}_{task}.npz"
     dirs = [Path(models_dir)] if models_dir else list(DEFAULT_MODEL_DIRS)
     for d in dirs:
-        if (d / name).is_file():
-            return d / name
+        # a flat folder, or the run folders of `jaxrestore train` (runs/suppa/<mode>-<task>/)
+        for cand in (d / name, d / f"{mode}-{task}" / name):
+            if cand.is_file():
+                return cand
     where = " or ".join(str(d) for d in dirs)
     raise ValueError(f"no trained model {name} in {where}; train it with `jaxrestore train suppa/{mode}-{task}` "
                      f"(or pass --models DIR)")
