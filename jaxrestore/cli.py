@@ -693,8 +693,12 @@ def _build_parser() -> argparse.ArgumentParser:
     m.set_defaults(run=_cmd_demo)
 
     t = sub.add_parser(
-        "train", formatter_class=fmt, help="train iRestNet from a YAML config (checkpointed, resumable)",
-        description="Train iRestNet with the paper's staged recipe: layer 0 alone, then the greedy layers one at a\n"
+        "train", formatter_class=fmt, help="train iRestNet, the DRUNet denoiser or PnP-ADMM (SUPPA) from a YAML config",
+        description="Train from a YAML config; its 'kind' key picks the trainer: irestnet (default), denoiser\n"
+                    "(configs/denoiser/: DRUNet Gaussian denoising, exports drunet_<name>.npz) or suppa\n"
+                    "(configs/suppa/: PnP-ADMM end to end in mode explicit, deq, jfb or suppa, exports\n"
+                    "suppa_<mode>_<task>.npz). Bundled names: cpu-gaussA, denoiser/small, suppa/suppa-deblur, ...\n\n"
+                    "iRestNet is trained with the paper's staged recipe: layer 0 alone, then the greedy layers one at a\n"
                     "time (each initialised from the previous one), then the last layers and the post-processing\n"
                     "network end to end. CONFIG is a YAML file (configs/irestnet/<preset>.yaml) or the name of a\n"
                     "bundled config (gaussA, cpu-gaussA, ...).\n\n"
