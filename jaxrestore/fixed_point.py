@@ -158,7 +158,7 @@ def _tree_sq_norm(x):
     return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(x))
 
 
-def _relative_residual(new, old):
+def relative_residual(new, old):
     """``||new - old|| / max(||old||, tiny)`` over a whole pytree (cf. ``base.relative_change``).
 
     Computed on ``stop_gradient``-ed values: it only steers the loop, and the derivative of a
@@ -221,7 +221,7 @@ def _iteration(forward, f, x0):
     if isinstance(forward, Picard):
         def step(params, loop):
             fx = f(params, loop.x)
-            return _Loop(fx, loop.iterations + 1, _relative_residual(fx, loop.x), _all_finite(fx), None)
+            return _Loop(fx, loop.iterations + 1, relative_residual(fx, loop.x), _all_finite(fx), None)
 
         return start(None), step
 
@@ -234,7 +234,7 @@ def _iteration(forward, f, x0):
         X, F, nxt = _anderson_mix(X, F, loop.iterations, ravel_pytree(loop.x)[0], ravel_pytree(fz)[0],
                                   forward.beta, forward.reg)
         nxt = unravel(nxt)
-        return _Loop(nxt, loop.iterations + 1, _relative_residual(fz, loop.x), _all_finite(nxt), (X, F))
+        return _Loop(nxt, loop.iterations + 1, relative_residual(fz, loop.x), _all_finite(nxt), (X, F))
 
     return start((zeros, zeros)), step
 
@@ -447,7 +447,7 @@ def fixed_point(f: Callable, params, x0, *, adjoint=Implicit(), forward=Picard()
         loop = _while(step, jax.lax.stop_gradient(params), init, tol, max_iters - 1)
         x_star = jax.lax.stop_gradient(loop.x)
         x = f(params, x_star)
-        residual = jnp.where(loop.finite, _relative_residual(x, x_star), jnp.nan)
+        residual = jnp.where(loop.finite, relative_residual(x, x_star), jnp.nan)
         finite = loop.finite & _all_finite(x)
         # A loop stopped by a non-finite iterate reports that iterate, not the step after it.
         info = FixedPointInfo(loop.iterations + loop.finite.astype(loop.iterations.dtype), residual,
@@ -478,4 +478,4 @@ def fixed_point_iterates(f: Callable, params, x0, *, forward=Picard(), tol: floa
 
 
 __all__ = ["fixed_point", "fixed_point_iterates", "FixedPointInfo", "Explicit", "Implicit", "JacobianFree",
-           "Picard", "Anderson"]
+           "Picard", "Anderson", "relative_residual"]

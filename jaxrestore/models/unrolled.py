@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrestore.fixed_point import Anderson, Explicit, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point
+from jaxrestore.fixed_point import (Anderson, Explicit, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point,
+                                    relative_residual)
 from jaxrestore.models.drunet import SMALL, DRUNet, DRUNetConfig
 from jaxrestore.solvers.admm import ADMMParams, ADMMState, admm_map, initial_estimate
 
@@ -225,12 +226,6 @@ def suppa_forward(f, params, state0, key, *, tol: float, max_iters: int):
     the kept one with probability ``1 / (k + 1)``). Memory stays constant in ``max_iters``:
     no history is stored. Returns ``(last, drawn, n, index of drawn)``."""
     params = jax.lax.stop_gradient(params)
-    from jaxrestore.solvers.base import relative_change
-
-    def change(new, old):
-        return relative_change(jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(new)]),
-                               jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(old)]))
-
     def cond(c):
         return (c[2] < max_iters) & (c[4] >= tol)  # NaN residual (non-finite iterate) stops too
 
@@ -240,7 +235,7 @@ def suppa_forward(f, params, state0, key, *, tol: float, max_iters: int):
         take = jax.random.uniform(sub) * (k + 1) < 1.0
         kept = jax.tree.map(lambda a, b: jnp.where(take, a, b), s, kept)
         new = f(params, s)
-        return new, kept, k + 1, jnp.where(take, k, idx), change(new, s), key
+        return new, kept, k + 1, jnp.where(take, k, idx), relative_residual(new, s), key
 
     state0 = jax.lax.stop_gradient(state0)
     dtype = jax.tree.leaves(state0)[0].dtype
