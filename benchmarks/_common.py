@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from jaxrestore.data import atomic_open
 
@@ -16,7 +17,7 @@ def default_data(*parts) -> str:
     return str(SHARED_DATA.joinpath(*parts))
 
 
-def fail(msg: str) -> "NoReturn":  # noqa: F821
+def fail(msg: str) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 

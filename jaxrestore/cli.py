@@ -565,7 +565,7 @@ def _cmd_train_denoiser(args, path) -> int:
 
     c = load_denoiser_config(path, out_dir=args.out)
     _say(f"DRUNet denoiser: channels {list(c.model.channels)} x {c.model.blocks} blocks, crop {c.crop}, batch {c.batch_size}, "
-         f"{c.steps} steps, sigma in [0, {c.sigma_max:g}]/255; output {c.out_dir}")
+         f"{c.steps} steps, sigma = {c.sigma_max:g} u^{c.sigma_power:g} / 255 (u uniform in [0, 1]); output {c.out_dir}")
     result = train_denoiser(c, resume=True if args.resume else None, max_steps=args.max_steps)
     best = "n/a" if result.best_val_psnr is None else f"mean PSNR {result.best_val_psnr:.2f} dB over sigma {list(c.val_sigmas)}"
     _report_training(args, result, best)

@@ -92,6 +92,8 @@ class Identity:
         return self(x)
 
     def prox_data(self, z, y, rho):
+        _check_input(z, self.shape, "z")
+        _check_input(y, self.shape, "y")
         return (y + rho * z) / (1.0 + rho)
 
     def lipschitz(self):
@@ -135,6 +137,8 @@ class Inpaint:
         return self.mask[..., None] ** 2 * x
 
     def prox_data(self, z, y, rho):
+        _check_input(z, self.shape, "z")
+        _check_input(y, self.shape, "y")
         m = self.mask[..., None]
         return (m * y + rho * z) / (m * m + rho)
 

@@ -3,7 +3,6 @@ iRestNet centre-crop offsets, random crops under jit, and folder order."""
 
 from __future__ import annotations
 
-import os
 
 import jax
 import jax.numpy as jnp

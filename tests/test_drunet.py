@@ -246,6 +246,12 @@ def test_bad_weights_files_raise_value_error(model, tmp_path):
         d.load_weights(_rewrite(good, tmp_path / "noformat.npz", __format__=None))
     with pytest.raises(ValueError, match="weights_metadata|cannot load DRUNet weights"):
         d.weights_metadata(tmp_path / "garbage.npz")
+    with pytest.raises(ValueError, match="no __config__"):
+        d.weights_metadata(_rewrite(good, tmp_path / "noconfig.npz", __config__=None))
+    # metadata is optional: a file without it still loads, and its metadata is just the config
+    bare = _rewrite(good, tmp_path / "nometa.npz", __metadata__=None)
+    assert d.weights_metadata(bare) == {"config": {"channels": [4, 8, 8], "blocks": 1, "in_channels": 3}}
+    np.testing.assert_array_equal(d.load_weights(bare)(jnp.ones((8, 8, 3)) / 2, 0.1), model(jnp.ones((8, 8, 3)) / 2, 0.1))
 
 
 def test_weights_that_do_not_fit_the_config(model, tmp_path):
@@ -260,7 +266,7 @@ def test_weights_that_do_not_fit_the_config(model, tmp_path):
         d.load_weights(_rewrite(good, tmp_path / "deeper.npz", __config__=np.array(deeper)))
     with pytest.raises(ValueError, match="bad config"):
         d.load_weights(_rewrite(good, tmp_path / "badcfg.npz", __config__=np.array('{"channels": [4, 8, 8], "depth": 1}')))
-    with pytest.raises(ValueError, match="bad config"):
+    with pytest.raises(ValueError, match="no __config__"):
         d.load_weights(_rewrite(good, tmp_path / "nocfg.npz", __config__=None))
     as64 = np.asarray(nnx.state(model)["head"]["kernel"][...], np.float64)
     with pytest.raises(ValueError, match=r"head/kernel is float64"):

@@ -4,7 +4,6 @@ iRestNet square, the seeded motion generator's invariants, and kernel files."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

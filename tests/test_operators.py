@@ -364,6 +364,11 @@ def test_wrong_input_shape_raises(rng, name, bad_shape):
         op(x)
     with pytest.raises(ValueError, match="shape"):
         op.adjoint(x)
+    good = jnp.zeros((17, 23, 3))
+    with pytest.raises(ValueError, match="z must have shape"):
+        op.prox_data(x, good, 1.0)
+    with pytest.raises(ValueError, match="y must have shape"):
+        op.prox_data(good, x, 1.0)
 
 
 @pytest.mark.parametrize("bad_shape", [(18, 22, 3), (16, 24, 3), (18, 24), (1, 18, 24, 3)])

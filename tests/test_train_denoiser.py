@@ -16,7 +16,6 @@ import yaml
 from jaxrestore import cli
 from jaxrestore.data import save_image
 from jaxrestore.models.drunet import load_weights, weights_metadata
-from jaxrestore.models.weights_io import flatten
 from jaxrestore.train.checkpoint import CheckpointStore
 from jaxrestore.train.config import find_config, read_config
 from jaxrestore.train.denoiser import (denoiser_config_from_dict, dihedral, load_denoiser_config, noisy_batch,
@@ -113,6 +112,8 @@ def full_run(data, tmp_path_factory):
     ({"schedule": {"steps": 0}}, "'schedule.steps'"),
     ({"schedule": {"lr": "fast"}}, "'schedule.lr'"),
     ({"checkpoint": {"keep": 0}}, "'checkpoint.keep'"),
+    ({"schedule": {"lr": 1e-3, "lr_end": 1e-2}}, "'schedule.lr_end'"),
+    ({"noise": {"sigma_power": 0}}, "'noise.sigma_power'"),
 ])
 def test_config_errors_name_the_key(data, change, key):
     with pytest.raises(ValueError, match=key.replace("(", r"\(")):
@@ -188,6 +189,18 @@ def test_noisy_batch_draws_every_transform_and_uniform_sigma():
     assert np.all(counts > 30) and np.all(counts < 100), counts  # expected 64 each
     s = np.sort(np.asarray(sigma)) / 0.2
     assert np.max(np.abs(s - (np.arange(n) + 0.5) / n)) < 0.08  # Kolmogorov-Smirnov distance to U[0, 1]
+
+
+@pytest.mark.parametrize("power", [0.5, 2.0])
+def test_noisy_batch_sigma_power_law(power):
+    """sigma = sigma_max u^p: P(sigma <= t sigma_max) = t^(1/p)."""
+    n = 2048
+    _, _, sigma = noisy_batch(jax.random.key(5), jnp.zeros((n, 2, 2, 1), jnp.float32), 0.2, power)
+    s = np.sort(np.asarray(sigma)) / 0.2
+    assert np.all((s >= 0) & (s <= 1))
+    assert np.max(np.abs(s ** (1 / power) - (np.arange(n) + 0.5) / n)) < 0.04  # KS distance to the law
+    # and it is not the uniform law
+    assert np.max(np.abs(s - (np.arange(n) + 0.5) / n)) > 0.15
 
 
 # ----------------------------------------------------------------------------- a run

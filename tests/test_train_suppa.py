@@ -69,7 +69,7 @@ def test_every_mode_trains_and_exports(folders, tmp_path, mode):
 
 def test_resume_equals_uninterrupted(folders, tmp_path):
     raw = _raw(folders, "suppa")
-    full = train_suppa(suppa_config_from_dict(raw, out_dir=tmp_path / "full"), progress=False)
+    assert train_suppa(suppa_config_from_dict(raw, out_dir=tmp_path / "full"), progress=False).completed
     cut = suppa_config_from_dict(raw, out_dir=tmp_path / "cut")
     first = train_suppa(cut, max_steps=2, progress=False)
     assert not first.completed and first.weights is None

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrestore.fixed_point import (Anderson, Explicit, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point,
+from jaxrestore.fixed_point import (Anderson, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point,
                                     relative_residual)
 from jaxrestore.models.drunet import SMALL, DRUNet, DRUNetConfig
 from jaxrestore.solvers.admm import ADMMParams, ADMMState, admm_map, initial_estimate

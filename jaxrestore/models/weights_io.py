@@ -64,11 +64,15 @@ def read(path, fmt: str, what: str) -> dict:
         raise ValueError(f"cannot load {what} weights {path}: {' '.join(str(e).split()) or type(e).__name__}") from None
     if data.get("__format__") is None or str(data["__format__"]) != fmt:
         raise ValueError(f"cannot load {what} weights {path}: not a {fmt} file")
+    if "__config__" not in data:
+        raise ValueError(f"cannot load {what} weights {path}: it has no __config__ (the model's structure)")
     return data
 
 
 def metadata(data: dict) -> dict:
-    meta = json.loads(str(data["__metadata__"]))
+    """The free-form metadata stored beside the weights (``{}`` for a file written without any),
+    with the model's config under ``"config"``."""
+    meta = json.loads(str(data["__metadata__"])) if "__metadata__" in data else {}
     meta["config"] = json.loads(str(data["__config__"]))
     return meta
 

@@ -10,7 +10,10 @@ Schema (every key optional; unknown keys are errors)::
       crop: 128                          # random training crops, crop x crop
       val_crop: 256                      # centre crops of the validation images
       val_limit: 8                       # first N validation images (sorted names); null: all
-    noise: {sigma_max: 50, val_sigmas: [15, 25, 50]}   # on the 0..255 scale
+    noise:
+      sigma_max: 50                      # on the 0..255 scale
+      sigma_power: 1                     # sigma = sigma_max * u**p, u ~ U[0, 1]; 1: uniform, 2: more small sigmas
+      val_sigmas: [15, 25, 50]
     schedule:
       batch_size: 16
       steps: 800000
@@ -24,7 +27,9 @@ Schema (every key optional; unknown keys are errors)::
     out_dir: runs/denoiser/<config name>
 
 Every step draws ``batch_size`` random crops (a random one of the 8 flips/rotations each), one
-noise level per image uniform in ``[0, sigma_max]``, and minimises the loss between
+noise level per image ``sigma_max * u**sigma_power`` with ``u`` uniform in ``[0, 1]`` (``sigma_power: 1``
+is DRUNet's uniform draw; 2 puts a third of the draws below ``sigma_max / 10``, which plug-and-play
+solvers reach in their last iterations), and minimises the loss between
 ``D(x + sigma n, sigma)`` and ``x`` with Adam. Validation: mean PSNR on the centre crops at each
 of ``val_sigmas`` (fixed noise); the best mean is kept (``checkpoints/best``) and exported as
 ``drunet_<config name>.npz`` (:func:`jaxrestore.models.drunet.load_weights`) once the run is
@@ -36,8 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -46,16 +49,14 @@ import numpy as np
 import optax
 import yaml
 from flax import nnx
-from tqdm import tqdm
 
 from jaxrestore.data import ImageFolder
 from jaxrestore.metrics import psnr
 from jaxrestore.models.drunet import DRUNetConfig, create, save_weights
-from jaxrestore.train.checkpoint import CheckpointStore
-from jaxrestore.train.common import TrainingDiverged, TrainResult, check_run_identity, strong
+from jaxrestore.train.common import TrainResult, strong
 from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
 from jaxrestore.train.data import TrainImages, step_keys
-from jaxrestore.train.log import MetricsLog
+from jaxrestore.train.loop import Cadence, Hooks, run_loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +82,7 @@ class DenoiserTrainConfig:
     out_dir: Path
     name: str = "run"
     source: str = "<dict>"
+    sigma_power: float = 1.0   # sigma = sigma_max * u**sigma_power
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("source",)}
@@ -124,6 +126,7 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     d.done()
     n = top.sub("noise")
     sigma_max = n.positive_float("sigma_max", 50.0)
+    sigma_power = n.positive_float("sigma_power", 1.0)
     val_sigmas = n.raw("val_sigmas", [15, 25, 50])
     if not isinstance(val_sigmas, list) or not val_sigmas or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 255 for v in val_sigmas):
@@ -134,6 +137,8 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     steps = s.integer("steps", 10000, minimum=1)
     lr = s.positive_float("lr", 1e-4)
     lr_end = s.positive_float("lr_end", lr / 100)
+    if lr_end > lr:
+        raise ValueError(f"{source}: 'schedule.lr_end' ({lr_end:g}) must not exceed 'schedule.lr' ({lr:g}); the rate decays")
     validate_every = s.integer("validate_every", 1000, minimum=1)
     log_every = s.integer("log_every", 10, minimum=1)
     s.done()
@@ -148,7 +153,7 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/denoiser/{name}").expanduser().resolve()
     return DenoiserTrainConfig(model, train, val, crop, val_crop, val_limit, float(sigma_max), tuple(float(v) for v in val_sigmas),
                                batch_size, steps, lr, lr_end, validate_every, log_every, loss, every, keep, seed, out, name,
-                               source)
+                               source, float(sigma_power))
 
 
 def load_denoiser_config(path, *, out_dir=None) -> DenoiserTrainConfig:
@@ -169,13 +174,13 @@ def dihedral(x, k):
     return jax.lax.switch(k, branches, x)
 
 
-def noisy_batch(key, x, sigma_max: float):
-    """Augment ``x`` (one transform per image), draw ``sigma ~ U[0, sigma_max]`` per image (0..1
-    scale) and return ``(clean, noisy, sigma)``."""
+def noisy_batch(key, x, sigma_max: float, sigma_power: float = 1.0):
+    """Augment ``x`` (one transform per image), draw ``sigma = sigma_max * u**sigma_power`` with
+    ``u ~ U[0, 1]`` per image (0..1 scale) and return ``(clean, noisy, sigma)``."""
     k_aug, k_sig, k_noise = jax.random.split(key, 3)
     ks = jax.random.randint(k_aug, (x.shape[0],), 0, 8)
     x = jax.vmap(lambda v, k: dihedral(v[None], k)[0])(x, ks)
-    sigma = jax.random.uniform(k_sig, (x.shape[0],), x.dtype, 0.0, sigma_max)
+    sigma = sigma_max * jax.random.uniform(k_sig, (x.shape[0],), x.dtype) ** sigma_power
     y = x + sigma[:, None, None, None] * jax.random.normal(k_noise, x.shape, x.dtype)
     return x, y, sigma
 
@@ -189,9 +194,9 @@ def make_optimizer(config: DenoiserTrainConfig) -> optax.GradientTransformation:
     return optax.adam(make_lr(config))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "sigma_max", "loss"))
-def train_step(params, opt_state, x, key, step, *, graphdef, tx, sigma_max: float, loss: str):
-    x, y, sigma = noisy_batch(step_keys(key, step)[1], x, sigma_max)
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "sigma_max", "sigma_power", "loss"))
+def train_step(params, opt_state, x, key, step, *, graphdef, tx, sigma_max: float, loss: str, sigma_power: float = 1.0):
+    x, y, sigma = noisy_batch(step_keys(key, step)[1], x, sigma_max, sigma_power)
 
     def loss_fn(p):
         r = nnx.merge(graphdef, p)(y, sigma) - x
@@ -216,15 +221,10 @@ def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, m
     """Train as ``config`` says, writing to ``config.out_dir``: ``metrics.jsonl``,
     ``checkpoints/periodic``, ``checkpoints/best`` and, once complete, ``drunet_<name>.npz``.
     ``resume`` and ``max_steps`` as in :func:`jaxrestore.train.irestnet.train_irestnet`."""
-    if max_steps is not None and max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
     c = config
-    c.out_dir.mkdir(parents=True, exist_ok=True)
-    model = create(c.model, c.seed)
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(create(c.model, c.seed))
     params = strong(params)
     tx = make_optimizer(c)
-    opt_state = tx.init(params)
     key = jax.random.split(jax.random.key(c.seed))  # (train, validation)
     images = TrainImages(c.train, c.crop)
     val_x = ImageFolder(c.val, crop=c.val_crop, limit=c.val_limit).stack().astype(np.float32)
@@ -232,98 +232,33 @@ def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, m
     for i, s in enumerate(c.val_sigmas):
         n = np.asarray(jax.random.normal(jax.random.fold_in(key[1], i), val_x.shape, jnp.float32))
         val_noisy.append((s, (val_x + np.float32(s / 255.0) * n).astype(np.float32)))
+    lr = make_lr(c)
 
-    periodic = CheckpointStore(c.out_dir / "checkpoints" / "periodic", max_to_keep=c.checkpoint_keep)
-    best_store = CheckpointStore(c.out_dir / "checkpoints" / "best", max_to_keep=1)
-    step, elapsed, best = 0, 0.0, None  # best: (mean psnr, step)
-    latest = periodic.latest_step()
-    if latest is None and resume:
-        raise ValueError(f"cannot restore checkpoint from {periodic.directory}: no checkpoint found")
-    if latest is not None and resume is False:
-        raise ValueError(f"{c.out_dir} already holds checkpoints; resume the run or choose another output folder")
-    check_run_identity(c, latest is not None)
-    if latest is not None:
-        state, meta = periodic.restore(latest, {"params": params, "opt": opt_state})
-        params, opt_state = strong(state["params"]), strong(state["opt"])
-        step, elapsed = latest, float(meta.get("elapsed") or 0.0)
-        if meta.get("best_step") is not None:
-            best = (meta["best_psnr"], meta["best_step"])
-    best_store.delete_after(step)
-    log = MetricsLog(c.out_dir / "metrics.jsonl", keep_until=step)
+    def step(params, opt_state, i):
+        x = jnp.asarray(images.batch(key[0], i, c.batch_size))
+        params, opt_state, loss = train_step(params, opt_state, x, key[0], np.uint32(i), graphdef=graphdef, tx=tx,
+                                             sigma_max=c.sigma_max / 255.0, sigma_power=c.sigma_power, loss=c.loss)
+        return params, opt_state, loss, {}
 
-    def validate():
+    def validate(params):
         scores = {}
         for s, y in val_noisy:
             vals = [np.asarray(_denoise_psnr(params, jnp.asarray(val_x[i:i + 4]), jnp.asarray(y[i:i + 4]),
                                              jnp.full((len(y[i:i + 4]),), s / 255.0, jnp.float32), graphdef=graphdef))
                     for i in range(0, len(y), 4)]
             scores[f"val_psnr_{s:g}"] = float(np.mean(np.concatenate(vals)))
-        return scores
+        mean = float(np.mean(list(scores.values())))
+        return mean, {**scores, "val_psnr": mean}
 
-    def save():
-        meta = {"elapsed": elapsed, "best_psnr": best and best[0], "best_step": best and best[1]}
-        periodic.save(step, {"params": params, "opt": opt_state}, meta)
-
-    stop_at = c.steps if max_steps is None else min(c.steps, max_steps)
-    t0, e0 = time.perf_counter(), elapsed
-    bar = tqdm(total=c.steps, initial=step, file=sys.stderr, disable=None if progress else True, unit="step", dynamic_ncols=True,
-               desc="denoiser")
-    pending, last_val = [], None
-    try:
-        while step < stop_at:
-            x = jnp.asarray(images.batch(key[0], step, c.batch_size))
-            params, opt_state, loss = train_step(params, opt_state, x, key[0], np.uint32(step), graphdef=graphdef, tx=tx,
-                                                 sigma_max=c.sigma_max / 255.0, loss=c.loss)
-            pending.append(loss)
-            step += 1
-            validate_now = step % c.validate_every == 0 or step == c.steps
-            # a checkpoint step is also logged: its loss is checked for divergence first, and a run
-            # resumed from it logs the same records as the uninterrupted one
-            checkpoint_now = step % c.checkpoint_every == 0 or step == stop_at
-            if validate_now or checkpoint_now or step % c.log_every == 0:
-                elapsed = e0 + time.perf_counter() - t0
-                record = {"step": step, "lr": float(make_lr(c)(step - 1)), "train_loss": float(np.mean([float(v) for v in pending]))}
-                pending = []
-                if not np.isfinite(record["train_loss"]):
-                    raise TrainingDiverged(f"training loss is {record['train_loss']} at step {step}")
-                if validate_now:
-                    scores = validate()
-                    record.update(scores)
-                    last_val = float(np.mean(list(scores.values())))
-                    record["val_psnr"] = last_val
-                    if best is None or last_val > best[0]:
-                        best = (last_val, step)
-                        best_store.save(step, params, {"val_psnr": last_val, **scores})
-                record["wall_time"] = round(elapsed, 3)
-                log.write(record)
-                post = {"loss": f"{record['train_loss']:.4f}"}
-                if last_val is not None:
-                    post["val_psnr"] = f"{last_val:.2f}"
-                bar.set_postfix(post, refresh=False)
-                if checkpoint_now:
-                    save()
-            bar.update()
-        if step not in periodic.steps():
-            elapsed = e0 + time.perf_counter() - t0
-            save()
-    finally:
-        bar.close()
-        log.close()
-    completed = step >= c.steps
-    weights = None
-    if completed:
-        final, best_step = params, step
-        if best is not None:
-            final, meta = best_store.restore(best[1], params)
-            best_step = meta["step"]
-        meta = {"step": best_step, "val_psnr": best and best[0], "val_sigmas": list(c.val_sigmas), "val_crop": c.val_crop,
+    def export(params, best_step, best_score, elapsed):
+        meta = {"step": best_step, "val_psnr": best_score, "val_sigmas": list(c.val_sigmas), "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
-        weights = save_weights(nnx.merge(graphdef, final), c.out_dir / f"drunet_{c.name}.npz", meta)
-    periodic.close()
-    best_store.close()
-    return TrainResult(out_dir=c.out_dir, steps=step, total_steps=c.steps, completed=completed, weights=weights,
-                       best_step=best and best[1], best_val_loss=None, best_val_ssim=None, elapsed=elapsed,
-                       metrics=c.out_dir / "metrics.jsonl", best_val_psnr=best and best[0])
+        return save_weights(nnx.merge(graphdef, params), c.out_dir / f"drunet_{c.name}.npz", meta)
+
+    hooks = Hooks(step=step, validate=validate, export=export, fields=lambda params, i: {"lr": float(lr(i - 1))})
+    cadence = Cadence(c.steps, c.validate_every, c.log_every, c.checkpoint_every, c.checkpoint_keep)
+    return run_loop(c, cadence, params, tx.init(params), hooks, resume=resume, max_steps=max_steps, progress=progress,
+                    desc="denoiser")
 
 
 __all__ = ["DenoiserTrainConfig", "denoiser_config_from_dict", "load_denoiser_config", "train_denoiser", "train_step",

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,6 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxrestore.data import atomic_open
 from jaxrestore.losses import ssim_loss, ssim_same
 from jaxrestore.metrics import ssim
 from jaxrestore.models.irestnet import IRestNet, IRestNetConfig
@@ -448,7 +446,10 @@ def train_irestnet(config: TrainConfig, *, resume: bool | None = None, max_steps
                 pending.append(run.train_step(phase))
                 local = run.step - phase.start
                 validate = local % val_interval == 0 or run.step == phase.end
-                if not (validate or run.step % sched.log_every == 0 or run.step == stop_at):
+                checkpoint_now = run.step % config.checkpoint.every == 0 or run.step == stop_at
+                # a checkpoint step is also a logged step: its loss is checked for divergence before
+                # it is saved, and a run resumed from it logs what the uninterrupted run logs
+                if not (validate or checkpoint_now or run.step % sched.log_every == 0):
                     bar.update()
                     continue
                 run.elapsed = elapsed0 + time.perf_counter() - t_session
@@ -471,7 +472,7 @@ def train_irestnet(config: TrainConfig, *, resume: bool | None = None, max_steps
                     post["val_ssim"] = f"{last_val_ssim:.4f}"
                 bar.set_postfix(post, refresh=False)
                 bar.update()
-                if run.step % config.checkpoint.every == 0 or run.step == stop_at:
+                if checkpoint_now:
                     run.save()
         if run.step not in run.periodic.steps():
             run.elapsed = elapsed0 + time.perf_counter() - t_session

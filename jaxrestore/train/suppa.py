@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -43,7 +41,6 @@ import numpy as np
 import optax
 import yaml
 from flax import nnx
-from tqdm import tqdm
 
 from jaxrestore.data import ImageFolder
 from jaxrestore.metrics import psnr
@@ -51,11 +48,10 @@ from jaxrestore.models import unrolled
 from jaxrestore.models.drunet import load_weights as load_drunet
 from jaxrestore.protocols.suppa import TASKS, noise_std, task_operator
 from jaxrestore.solvers.admm import SIGMA_FLOOR, pnp_schedule
-from jaxrestore.train.checkpoint import CheckpointStore
-from jaxrestore.train.common import TrainingDiverged, TrainResult, check_run_identity, strong
+from jaxrestore.train.common import TrainResult, strong
 from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
 from jaxrestore.train.data import TrainImages, batched, step_keys
-from jaxrestore.train.log import MetricsLog
+from jaxrestore.train.loop import Cadence, Hooks, run_loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,14 +237,12 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
                 progress: bool = True) -> TrainResult:
     """Train as ``config`` says, writing to ``config.out_dir`` ``metrics.jsonl``,
     ``checkpoints/`` and, once complete, ``suppa_<mode>_<task>.npz``. ``resume`` and
-    ``max_steps`` as in :func:`jaxrestore.train.irestnet.train_irestnet`."""
-    if max_steps is not None and max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    ``max_steps`` as in :func:`jaxrestore.train.irestnet.train_irestnet`. The starting point
+    (the pretrained denoiser) is validated too, so the export is never worse than it on the
+    validation crops."""
     c = config
-    c.out_dir.mkdir(parents=True, exist_ok=True)
     graphdef, params = initial_params(c)
     tx = make_optimizer(c)
-    opt_state = tx.init(params)
     key = jax.random.split(jax.random.key(c.seed))
     noise = float(noise_std(c.task))
     images = TrainImages(c.train, c.crop)
@@ -258,99 +252,37 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
     val_y = [np.asarray(degrade_batch(jax.random.fold_in(key[1], i), jnp.asarray(val_x[i:i + 1]), val_ops, noise))
              for i in range(len(val_x))]
 
-    periodic = CheckpointStore(c.out_dir / "checkpoints" / "periodic", max_to_keep=c.checkpoint_keep)
-    best_store = CheckpointStore(c.out_dir / "checkpoints" / "best", max_to_keep=1)
-    step, elapsed, best = 0, 0.0, None
-    latest = periodic.latest_step()
-    if latest is None and resume:
-        raise ValueError(f"cannot restore checkpoint from {periodic.directory}: no checkpoint found")
-    if latest is not None and resume is False:
-        raise ValueError(f"{c.out_dir} already holds checkpoints; resume the run or choose another output folder")
-    check_run_identity(c, latest is not None)
-    if latest is not None:
-        state, meta = periodic.restore(latest, {"params": params, "opt": opt_state})
-        params, opt_state = strong(state["params"]), strong(state["opt"])
-        step, elapsed = latest, float(meta.get("elapsed") or 0.0)
-        if meta.get("best_step") is not None:
-            best = (meta["best_psnr"], meta["best_step"])
-    best_store.delete_after(step)
-    log = MetricsLog(c.out_dir / "metrics.jsonl", keep_until=step)
+    def step(params, opt_state, i):
+        x = jnp.asarray(images.batch(key[0], i, c.batch_size))
+        params, opt_state, value, aux = train_step(params, opt_state, x, ops, key[0], np.uint32(i), model=c.model,
+                                                   graphdef=graphdef, tx=tx, noise=noise)
+        return params, opt_state, value, {"forward_iterations": aux["iterations"]}
 
-    def validate():
+    def validate(params):
         scores, iters = [], []
         for i in range(len(val_x)):
             p, n = eval_batch(params, jnp.asarray(val_x[i:i + 1]), jnp.asarray(val_y[i]), val_ops, model=c.model, graphdef=graphdef)
             scores.append(float(p[0]))
             iters.append(int(n))
-        return float(np.mean(scores)), float(np.mean(iters))
+        return float(np.mean(scores)), {"val_psnr": float(np.mean(scores)), "val_iterations": float(np.mean(iters))}
 
-    def save():
-        periodic.save(step, {"params": params, "opt": opt_state},
-                      {"elapsed": elapsed, "best_psnr": best and best[0], "best_step": best and best[1]})
+    def fields(params, i):
+        sigma, rho = unrolled.sigma_rho(params)
+        out = {"sigma": np.asarray(sigma).round(6).tolist(), "rho": np.asarray(rho).round(6).tolist()}
+        if c.mode == "suppa":
+            out["lambda"] = float(unrolled.convergence_rate(params))
+        return out
 
-    stop_at = c.steps if max_steps is None else min(c.steps, max_steps)
-    if step == 0 and stop_at > 0:
-        v, it = validate()
-        log.write({"step": 0, "val_psnr": v, "val_iterations": it, "wall_time": 0.0})
-        best = (v, 0)
-        best_store.save(0, params, {"val_psnr": v})
-    t0, e0 = time.perf_counter(), elapsed
-    bar = tqdm(total=c.steps, initial=step, file=sys.stderr, disable=None if progress else True, unit="step",
-               dynamic_ncols=True, desc=f"{c.mode} {c.task}")
-    pending, last_val = [], best and best[0]
-    try:
-        while step < stop_at:
-            x = jnp.asarray(images.batch(key[0], step, c.batch_size))
-            params, opt_state, value, aux = train_step(params, opt_state, x, ops, key[0], np.uint32(step), model=c.model,
-                                                       graphdef=graphdef, tx=tx, noise=noise)
-            pending.append((value, aux["iterations"]))
-            step += 1
-            validate_now = step % c.validate_every == 0 or step == c.steps
-            checkpoint_now = step % c.checkpoint_every == 0 or step == stop_at
-            if validate_now or checkpoint_now or step % c.log_every == 0:
-                elapsed = e0 + time.perf_counter() - t0
-                sigma, rho = unrolled.sigma_rho(params)
-                record = {"step": step, "train_loss": float(np.mean([float(v) for v, _ in pending])),
-                          "forward_iterations": float(np.mean([float(n) for _, n in pending])),
-                          "sigma": np.asarray(sigma).round(6).tolist(), "rho": np.asarray(rho).round(6).tolist()}
-                if c.mode == "suppa":
-                    record["lambda"] = float(unrolled.convergence_rate(params))
-                pending = []
-                if not np.isfinite(record["train_loss"]):
-                    raise TrainingDiverged(f"training loss is {record['train_loss']} at step {step}")
-                if validate_now:
-                    last_val, record["val_iterations"] = validate()
-                    record["val_psnr"] = last_val
-                    if best is None or last_val > best[0]:
-                        best = (last_val, step)
-                        best_store.save(step, params, {"val_psnr": last_val})
-                record["wall_time"] = round(elapsed, 3)
-                log.write(record)
-                bar.set_postfix({"loss": f"{record['train_loss']:.2e}", "val_psnr": f"{last_val:.2f}"}, refresh=False)
-                if checkpoint_now:
-                    save()
-            bar.update()
-        if step not in periodic.steps():
-            elapsed = e0 + time.perf_counter() - t0
-            save()
-    finally:
-        bar.close()
-        log.close()
-    completed = step >= c.steps
-    weights = None
-    if completed:
-        final, best_step = params, step
-        if best is not None:
-            final, meta = best_store.restore(best[1], params)
-            best_step = meta["step"]
-        meta = {"step": best_step, "val_psnr": best and best[0], "task": c.task, "mode": c.mode, "val_crop": c.val_crop,
+    def export(params, best_step, best_score, elapsed):
+        meta = {"step": best_step, "val_psnr": best_score, "task": c.task, "mode": c.mode, "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
-        weights = unrolled.save(c.out_dir / f"suppa_{c.mode}_{c.task}.npz", c.model, graphdef, final, meta)
-    periodic.close()
-    best_store.close()
-    return TrainResult(out_dir=c.out_dir, steps=step, total_steps=c.steps, completed=completed, weights=weights,
-                       best_step=best and best[1], best_val_loss=None, best_val_ssim=None, elapsed=elapsed,
-                       metrics=c.out_dir / "metrics.jsonl", best_val_psnr=best and best[0])
+        return unrolled.save(c.out_dir / f"suppa_{c.mode}_{c.task}.npz", c.model, graphdef, params, meta)
+
+    hooks = Hooks(step=step, validate=validate, export=export, fields=fields,
+                  postfix=lambda record: {"loss": f"{record['train_loss']:.2e}"})
+    cadence = Cadence(c.steps, c.validate_every, c.log_every, c.checkpoint_every, c.checkpoint_keep)
+    return run_loop(c, cadence, params, tx.init(params), hooks, resume=resume, max_steps=max_steps, progress=progress,
+                    desc=f"{c.mode} {c.task}", validate_first=True)
 
 
 def cli_train_suppa(args, path, say, report) -> int:
