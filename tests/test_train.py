@@ -406,3 +406,14 @@ def test_config_file_round_trip(dataset, tmp_path):
     assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
     with pytest.raises(ValueError, match="training config not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_checkpoints_do_not_depend_on_the_logging_cadence(dataset, tmp_path):
+    """log_every 5 does not divide checkpoint.every 3: step 3 is still checkpointed (and logged,
+    so its loss is checked before the state is saved)."""
+    raw = tiny_config_dict(dataset, tmp_path / "run", checkpoint={"every": 3, "keep": 5})
+    raw["schedule"]["log_every"] = 5
+    result = train_irestnet(config_from_dict(raw), max_steps=4, progress=False)
+    assert not result.completed
+    assert CheckpointStore(tmp_path / "run" / "checkpoints" / "periodic").steps() == [3, 4]
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [2, 3, 4]  # validation, checkpoint, stop
