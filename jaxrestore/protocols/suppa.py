@@ -64,21 +64,21 @@ TV_PARAMS = {
 }
 
 # PnP-ADMM (pnp_admm): sigma_k log-spaced from sigma_max to sigma_min (None: the noise level),
-# rho_k = lam * max(noise, SIGMA_FLOOR)^2 / sigma_k^2, with the shipped small DRUNet.
-# Deblur (10 images): DPIR's 8 iterations, lam 0.23, 49/255 -> noise: 26.715; lam 0.1 24.712,
-# 0.5 27.022, 1 26.912; lam 0.5 with 4 / 16 / 24 iterations: 26.919 / 26.525 / 25.821; sigma_max
-# 25 or 35/255: 26.879 / 26.979; best of 6, 8, 10 iterations x lam 0.35, 0.5, 0.7 x sigma_min
-# noise or 5/255: 6 iterations, lam 0.5, 49 -> 5/255, 27.074 (TV: 26.819).
-# sr2 (Set5, bicubic 32.378): DPIR's schedule (49/255 -> s/255) gives 31.14 / 28.31 / 25.41 at
-# 8 / 16 / 24 iterations (lam 0.1..1 changes < 0.15 dB): PSNR peaks after a few iterations and
-# then falls, with HQS (u = 0) as with ADMM, because this denoiser smooths at low sigma (a clean
-# Set5 image denoised at sigma 0 comes out at 35-43 dB). Stopping at a high sigma works best:
-# 4 iterations, 25 -> 20/255: 32.437 (sr3 26.79, sr4 25.76: below bicubic 27.90, 26.25).
+# rho_k = lam * max(noise, SIGMA_FLOOR)^2 / sigma_k^2, with the shipped small DRUNet (trained with
+# sigma = 50 u^2 / 255; configs/denoiser/small.yaml).
+# Deblur (first 10 val images, TV 26.819): 8 / 12 / 16 iterations x lam 0.35 / 0.5 x sigma_min
+# noise / 5/255 from 49/255: best 8 iterations, lam 0.5, 49 -> noise, 27.270 (12: 27.252, 16:
+# 27.200; sigma_min 5/255 -0.015 dB); lam 0.7 / 1: 27.214 / 27.103; sigma_max 35 / 64: 27.210 /
+# 27.272. (The earlier denoiser, sigma uniform, peaked at 6 iterations, 49 -> 5/255: 27.074.)
+# sr2 (first 5 val images, modcropped, bicubic 28.225): 4 / 8 / 16 iterations x sigma_max 25 / 49
+# x sigma_min 2.55 / 10 / 20 (/255), lam 0.23: best 4 iterations, 25 -> 10/255, 28.284; all 18
+# settings lie in 28.03..28.28. Without antialiasing the aliasing is in y, and a Gaussian denoiser
+# does not undo it: PnP ties bicubic, only training (the unrolled modes) goes beyond it.
 PNP_PARAMS = {
-    "deblur": {"num_iters": 6, "lam": 0.5, "sigma_max": 49 / 255, "sigma_min": 5 / 255},
-    "sr2": {"num_iters": 4, "lam": 0.23, "sigma_max": 25 / 255, "sigma_min": 20 / 255},
-    "sr3": {"num_iters": 4, "lam": 0.23, "sigma_max": 25 / 255, "sigma_min": 20 / 255},
-    "sr4": {"num_iters": 4, "lam": 0.23, "sigma_max": 25 / 255, "sigma_min": 20 / 255},
+    "deblur": {"num_iters": 8, "lam": 0.5, "sigma_max": 49 / 255, "sigma_min": None},
+    "sr2": {"num_iters": 4, "lam": 0.23, "sigma_max": 25 / 255, "sigma_min": 10 / 255},
+    "sr3": {"num_iters": 4, "lam": 0.23, "sigma_max": 25 / 255, "sigma_min": 10 / 255},
+    "sr4": {"num_iters": 4, "lam": 0.23, "sigma_max": 25 / 255, "sigma_min": 10 / 255},
 }
 
 
