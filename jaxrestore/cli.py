@@ -458,8 +458,9 @@ def _restore_admm(args) -> int:
 
         path = Path(args.weights) if args.weights else pretrained.suppa_path("suppa", task)
         if not args.weights and not path.is_file():
-            raise ValueError(f"no shipped SUPPA model for {task}; train one with `jaxrestore train suppa/suppa-{task}` "
-                             "and pass --weights FILE")
+            how = (f"`jaxrestore train suppa/suppa-{task}`" if task in ("deblur", "sr2")
+                   else f"a copy of configs/suppa/suppa-sr2.yaml with task: {task}")
+            raise ValueError(f"no shipped SUPPA model for {task}; train one with {how} and pass --weights FILE")
         config, graphdef, params, meta = unrolled.load(path)
         _say(f"{config.mode} model {path.name} (trained for {meta.get('task', '?')}); "
              + (f"{config.iterations} iterations" if config.mode == "explicit" else f"fixed point to tol {config.tol:g}, "

@@ -67,6 +67,9 @@ def test_suppa_model_reports_iterations(files, tmp_path, capsys):
     (["--method", "var", "--scale", "2"], "--scale"),
     (["--method", "suppa", "--scale", "2", "--weights", "/nonexistent.npz"], "cannot load unrolled ADMM weights"),
     (["--method", "pnp-admm", "--kernel-shape", "gaussian:1", "--weights", "/nonexistent.npz"], "cannot load DRUNet"),
+    # no SR model ships: the error names the config that trains one (sr2 has one; sr3 starts from it)
+    (["--method", "suppa", "--scale", "2"], "jaxrestore train suppa/suppa-sr2"),
+    (["--method", "suppa", "--scale", "3"], "configs/suppa/suppa-sr2.yaml with task: sr3"),
 ])
 def test_admm_errors_are_one_line(files, tmp_path, capsys, argv, match):
     assert cli.main(["restore", str(files / "lr.png"), "-o", str(tmp_path / "x.png"), *argv]) == 2

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from flax import nnx
 
+from conftest import REPO_ROOT, requires_shared
 from jaxrestore.cli import main
 from jaxrestore.data import save_image
 from jaxrestore.models import drunet, unrolled
@@ -105,3 +106,16 @@ def test_cli_dispatches_on_kind(folders, tmp_path, capsys):
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--max-steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "PnP-ADMM jfb training on deblur" in out and "--resume" in out
+
+
+@requires_shared
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "configs" / "suppa").glob("*.yaml")), ids=lambda p: p.stem)
+def test_bundled_suppa_configs_load(path):
+    """Every shipped config parses (its data folders are ../shared's) and trains what its name says."""
+    from jaxrestore.train.suppa import load_suppa_config
+
+    c = load_suppa_config(path)
+    mode, task = path.stem.removeprefix("paper-").split("-")
+    assert (c.mode, c.task) == (mode, task)
+    assert c.crop % c.scale == 0 and c.val_crop % c.scale == 0
+    assert c.model.unroll == (not path.stem.startswith("paper-"))  # CPU configs inline, GPU configs loop
