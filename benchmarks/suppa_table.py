@@ -12,7 +12,9 @@ neither, and SR papers that shave and use Y report higher numbers).
 
 Methods: ``tv`` (smoothed-TV projected gradient), ``bicubic`` (SR only), ``pnp`` (PnP-ADMM with
 DPIR's schedule and our DRUNet denoiser, ``--denoiser FILE`` or the shipped
-``jaxrestore/weights/drunet_small.npz``), and the trained models ``unrolled`` (explicit, 6
+``jaxrestore/weights/drunet_small.npz``), ``pnp-x8`` (the same with the denoiser's geometric
+self-ensemble, :func:`jaxrestore.models.drunet.self_ensemble`: eight denoiser calls per
+iteration, as DPIR's "x8" mode), and the trained models ``unrolled`` (explicit, 6
 iterations), ``deq``, ``jfb``, ``suppa``, read from ``<models>/suppa_<mode>_<task>.npz``.
 
 The paper's SR column is picked from the data folder's name (set5, set14, bsds500 or bsd100 ->
@@ -36,7 +38,7 @@ from _common import REPO, default_data, fail, markdown_table, write_json  # noqa
 
 from jaxrestore.protocols import suppa as protocol  # noqa: E402
 
-METHODS = ("tv", "bicubic", "pnp", "unrolled", "deq", "jfb", "suppa")
+METHODS = ("tv", "bicubic", "pnp", "pnp-x8", "unrolled", "deq", "jfb", "suppa")
 TRAINED = {"unrolled": "explicit", "deq": "deq", "jfb": "jfb", "suppa": "suppa"}  # CLI name -> training mode
 DEFAULT_MODEL_DIRS = (REPO / "jaxrestore" / "weights", REPO / "runs" / "suppa")
 
@@ -117,8 +119,11 @@ def build_methods(task: str, methods, args) -> dict:
         elif m == "bicubic":
             protocol.restore_bicubic(task, [])  # raises for deblurring
             fns[m] = lambda ys: protocol.restore_bicubic(task, ys)
-        elif m == "pnp":
+        elif m in ("pnp", "pnp-x8"):
+            from jaxrestore.models.drunet import self_ensemble
+
             den, params = load_denoiser(args.denoiser)
+            den = self_ensemble(den) if m == "pnp-x8" else den
             fns[m] = lambda ys, den=den, params=params: protocol.restore_pnp(task, ys, den, params)
         else:
             model = protocol.load_unrolled(model_file(m, task, args.models))
@@ -221,7 +226,7 @@ def main(argv=None):
     rows = [[m, f"{means[m]:.2f}", "-" if paper.get(m) is None else f"{paper[m]:.2f}", f"{seconds[m]:.1f}"] for m in methods]
     print(f"\nSUPPA {task}: mean PSNR (RGB, clipped, full image) on {len(names)} images of {data}; paper: {caption}\n")
     print(markdown_table(["method", "PSNR (dB)", "paper", "seconds"], rows))
-    params = {"tv": protocol.TV_PARAMS[task], "pnp": protocol.PNP_PARAMS[task]}
+    params = {"tv": protocol.TV_PARAMS[task], "pnp": protocol.PNP_PARAMS[task], "pnp-x8": protocol.PNP_PARAMS[task]}
     out = {
         "task": task,
         "n_images": len(names),

@@ -534,6 +534,10 @@ def _cmd_demo(args) -> int:
         "wiener": np.asarray(_wiener(op, y_j, WIENER_LAM_SCALE * sigma**2)),
         "var": np.asarray(_var(op, y_j, lam, delta, iterations)),
     }
+    if not args.no_irestnet:
+        from jaxrestore.models import pretrained
+
+        results["irestnet"] = np.asarray(_irestnet_runner(pretrained.irestnet(preset.name))(y_j, op))
     files = {"clean": x, **results}
     for name, img in files.items():
         save_image(out / f"{name}.png", img)
@@ -542,7 +546,8 @@ def _cmd_demo(args) -> int:
     panels = [files[k] for k in shown]
     save_image(out / "comparison.png", np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1))
     print(f"{preset.name}: {preset.description}, seed 0; sample image {x.shape[0]}x{x.shape[1]}")
-    print(f"wiener lam {WIENER_LAM_SCALE * sigma**2:.3g}; var lam {lam:g}, delta {delta:g}, {iterations} iterations")
+    print(f"wiener lam {WIENER_LAM_SCALE * sigma**2:.3g}; var lam {lam:g}, delta {delta:g}, {iterations} iterations"
+          + ("" if args.no_irestnet else f"; irestnet: our shipped {preset.name} weights"))
     print(f"wrote {', '.join(k + '.png' for k in files)} and comparison.png ({' | '.join(shown)}) to {out}\n")
     rows = [[name, *(float(v) for v in _quality(jnp.asarray(img), jnp.asarray(x)))] for name, img in results.items()]
     print(_markdown(["method", "PSNR (dB)", "SSIM"], rows))
@@ -685,12 +690,14 @@ def _build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser(
         "demo", formatter_class=fmt, help="degrade and restore a bundled image, no download needed",
         description="Degrade the bundled sample image (scikit-image's astronaut, 256x256) with the gaussA\n"
-                    "preset (Gaussian std 1.6, noise std 0.008, seed 0), restore it with Wiener and VAR,\n"
-                    "write clean/degraded/wiener/var.png and comparison.png, and print PSNR and SSIM.")
+                    "preset (Gaussian std 1.6, noise std 0.008, seed 0), restore it with Wiener, VAR and\n"
+                    "iRestNet (the package's own trained gaussA weights), write clean/degraded/wiener/var/\n"
+                    "irestnet.png and comparison.png, and print PSNR and SSIM.")
     m.add_argument("-o", "--output", default="jaxrestore_demo", metavar="DIR",
                    help="output folder (default ./jaxrestore_demo)")
     m.add_argument("--iterations", type=int, metavar="N", help="VAR iterations (default: the preset's)")
     m.add_argument("--size", type=int, default=256, metavar="PX", help="crop of the sample image (<= 256, default 256)")
+    m.add_argument("--no-irestnet", action="store_true", help="leave out the iRestNet row (classical methods only)")
     m.set_defaults(run=_cmd_demo)
 
     t = sub.add_parser(

@@ -78,4 +78,16 @@ def ssim_loss(x, y, data_range: float = 1.0):
     return -jnp.mean(ssim_same(x, y, data_range))
 
 
-__all__ = ["ssim_same", "ssim_loss"]
+def ssim_l1_loss(x, y, l1_weight: float = 0.0, data_range: float = 1.0):
+    """``-SSIM + l1_weight * mean |x - y|`` over ``(..., H, W, C)``: :func:`ssim_loss` with an
+    optional L1 term (``l1_weight = 0`` is exactly :func:`ssim_loss`). SSIM barely penalises a
+    shift of a channel's local mean (its luminance term is ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2
+    + C1)``), so a network trained on it alone can drift in colour; the L1 term anchors the
+    intensities (the mixed loss of Zhao et al., IEEE TCI 2017)."""
+    loss = ssim_loss(x, y, data_range)
+    if l1_weight:
+        loss = loss + l1_weight * jnp.mean(jnp.abs(jnp.asarray(x) - jnp.asarray(y)))
+    return loss
+
+
+__all__ = ["ssim_same", "ssim_loss", "ssim_l1_loss"]

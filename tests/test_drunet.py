@@ -117,6 +117,34 @@ def test_as_denoiser_jit_and_gradient(model, rng):
         assert float(jnp.max(jnp.abs(g))) > 0, f"no gradient reaches {path}"
 
 
+def _dihedral(v, k, flip):
+    v = jnp.rot90(v, k, axes=(-3, -2))
+    return jnp.flip(v, -2) if flip else v
+
+
+def test_self_ensemble_averages_the_eight_transforms(model, rng):
+    v = image(rng, 6, 6, 3)
+    # a pointwise (equivariant) map is left unchanged
+    def pointwise(params, x, s):
+        return params * x**2 + s
+    np.testing.assert_allclose(d.self_ensemble(pointwise)(2.0, v, 0.1), pointwise(2.0, v, 0.1), rtol=1e-6)
+    # a shift by one column: the eight transforms shift in the four directions, twice each
+    def shift(params, x, s):
+        return jnp.roll(x, 1, axis=-2)
+    expected = sum(jnp.roll(v, sgn, axis=ax) for ax in (-3, -2) for sgn in (1, -1)) / 4
+    np.testing.assert_allclose(d.self_ensemble(shift)(None, v, 0.0), expected, rtol=1e-6)
+    # DRUNet (not equivariant at random init) becomes equivariant, batched with one sigma per image
+    denoiser, params = d.as_denoiser(model)
+    batch, sigma = image(rng, 2, 8, 8, 3), jnp.asarray([0.05, 0.2], jnp.float32)
+    ens = d.self_ensemble(denoiser)
+    out = ens(params, batch, sigma)
+    assert out.shape == batch.shape
+    assert rel_err(_dihedral(denoiser(params, batch, sigma), 1, True), denoiser(params, _dihedral(batch, 1, True), sigma)) > 1e-2
+    for k, flip in ((1, False), (2, True), (3, True)):
+        np.testing.assert_allclose(ens(params, _dihedral(batch, k, flip), sigma), _dihedral(out, k, flip), atol=1e-5)
+    np.testing.assert_allclose(out[1], ens(params, batch[1], sigma[1]), atol=1e-5)
+
+
 def test_gradient_matches_finite_differences(model, rng, x64):
     """In float64 the gradient wrt the parameters agrees with a central difference along a
     random direction."""

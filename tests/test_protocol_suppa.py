@@ -144,13 +144,15 @@ def folders(tmp_path_factory):
 def test_table_script_deblur_json(folders, tmp_path, capsys):
     data, den, _ = folders
     out = tmp_path / "deblur.json"
-    res = suppa_table.main(["--task", "deblur", "--data", str(data), "--methods", "tv,pnp", "--denoiser", str(den),
+    res = suppa_table.main(["--task", "deblur", "--data", str(data), "--methods", "tv,pnp,pnp-x8", "--denoiser", str(den),
                             "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["task"] == "deblur" and saved["n_images"] == 2
-    assert set(saved["psnr"]) == {"tv", "pnp"} and all(np.isfinite(v) for v in saved["psnr"].values())
+    assert set(saved["psnr"]) == {"tv", "pnp", "pnp-x8"} and all(np.isfinite(v) for v in saved["psnr"].values())
     assert saved["psnr"]["tv"] > 20
-    assert saved["paper"] == {"tv": None, "pnp": None}
+    assert saved["psnr"]["pnp-x8"] != saved["psnr"]["pnp"]  # the ensemble changes the result
+    assert saved["params"]["pnp-x8"] == saved["params"]["pnp"] == suppa.PNP_PARAMS["deblur"]
+    assert saved["paper"] == {"tv": None, "pnp": None, "pnp-x8": None}
     assert saved["params"]["tv"] == suppa.TV_PARAMS["deblur"]
     assert res["psnr"] == saved["psnr"]
     text = capsys.readouterr().out

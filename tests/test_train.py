@@ -21,7 +21,7 @@ from flax import nnx
 from scipy.ndimage import correlate
 
 from jaxrestore.data import save_image
-from jaxrestore.losses import ssim_loss, ssim_same
+from jaxrestore.losses import ssim_l1_loss, ssim_loss, ssim_same
 from jaxrestore.metrics import ssim as ssim_valid
 from jaxrestore.models.irestnet import IRestNet, IRestNetConfig
 from jaxrestore.models.irestnet_io import load_weights, save_weights, weights_metadata
@@ -29,7 +29,7 @@ from jaxrestore.operators import Blur
 from jaxrestore.presets import load_preset
 from jaxrestore.train import build_phases, config_from_dict, load_config, train_irestnet
 from jaxrestore.train.checkpoint import CheckpointStore
-from jaxrestore.train.data import TrainImages, batched
+from jaxrestore.train.data import TrainImages, batched, degrade, step_keys
 from jaxrestore.train.irestnet import Net, Phase, enter_phase, forward, init_optimizer, layer_step, run_frozen
 from jaxrestore.train.log import MetricsLog, read_metrics
 
@@ -139,6 +139,25 @@ def test_ssim_loss_gradient_matches_finite_differences(x64, rng):
     assert float(fd) == pytest.approx(float(jnp.sum(g * v)), rel=1e-6)
 
 
+def test_ssim_l1_loss_adds_the_weighted_mean_absolute_error(x64, rng):
+    x = jnp.asarray(rng.uniform(size=(2, 12, 13, 3)), jnp.float64)
+    y = jnp.asarray(rng.uniform(size=(2, 12, 13, 3)), jnp.float64)
+    assert float(ssim_l1_loss(x, y, 0.0)) == float(ssim_loss(x, y))
+    mae = float(np.mean(np.abs(np.asarray(x) - np.asarray(y))))
+    assert float(ssim_l1_loss(x, y, 0.3)) == pytest.approx(float(ssim_loss(x, y)) + 0.3 * mae, rel=1e-12)
+    # a uniform colour shift costs SSIM almost nothing but the L1 term sees all of it
+    shifted = jnp.clip(x + jnp.asarray([0.0, 0.03, -0.03]), 0, 1)
+    d_ssim = float(ssim_loss(shifted, x)) - float(ssim_loss(x, x))
+    d_l1 = float(ssim_l1_loss(shifted, x, 1.0)) - float(ssim_l1_loss(x, x, 1.0)) - d_ssim
+    assert d_l1 > 0.015 and d_ssim < 0.5 * d_l1, (d_ssim, d_l1)
+    # differentiable (away from x == y): directional derivative against finite differences
+    g = np.asarray(jax.grad(ssim_l1_loss)(x, y, 0.3))
+    v = jnp.asarray(rng.normal(size=x.shape), jnp.float64)
+    eps = 1e-7
+    fd = (ssim_l1_loss(x + eps * v, y, 0.3) - ssim_l1_loss(x - eps * v, y, 0.3)) / (2 * eps)
+    assert float(fd) == pytest.approx(float(jnp.sum(g * v)), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- config and data
 
 
@@ -161,6 +180,13 @@ def test_config_rejects_unknown_keys_missing_folders_and_untrained_stages(datase
         config_from_dict(zero)
     with pytest.raises(ValueError, match="unknown preset"):
         config_from_dict(dict(good, preset="gaussZ"))
+    assert config_from_dict(good).loss.l1_weight == 0.0  # the paper's -SSIM by default
+    assert config_from_dict(dict(good, loss={"l1_weight": 0.2})).loss.l1_weight == 0.2
+    for bad_weight in (-0.1, "0.2", True, float("nan")):
+        with pytest.raises(ValueError, match=r"'loss\.l1_weight' must be a finite number >= 0"):
+            config_from_dict(dict(good, loss={"l1_weight": bad_weight}))
+    with pytest.raises(ValueError, match=r"unknown key 'loss\.l2_weight'"):
+        config_from_dict(dict(good, loss={"l2_weight": 1.0}))
     text_lr = tiny_config_dict(dataset, tmp_path / "out")
     text_lr["schedule"]["stages"]["first"]["lr"] = "1e-2"  # how PyYAML reads 1e-2
     assert config_from_dict(text_lr).schedule.first.lr == 1e-2
@@ -250,6 +276,23 @@ def test_greedy_step_changes_only_the_trained_layer():
         np.testing.assert_array_equal(new[2], old[2])  # not trained yet: bit-identical
         changed += not np.array_equal(new[1], old[1])
     assert changed == len(jax.tree.leaves(before))  # Adam moves every parameter of layer 1
+
+
+def test_layer_step_loss_includes_the_l1_term():
+    model, ops, x, _ = _model_and_batch()
+    net, params = Net.split(model)
+    phase = Phase(0, "first", 0, 0, 2, 1e-2, 2)
+    key, step = jax.random.key(3), np.uint32(5)
+    losses = {}
+    for w in (0.0, 0.5):
+        _, _, loss = layer_step(params["layers"], init_optimizer(params, phase), np.int32(0), x, key, step, ops,
+                                np.float32(1e-2), np.int32(2), net=net, noise=("std", 0.008), l1_weight=w)
+        losses[w] = float(loss)
+    # the same degraded batch, rebuilt: x_1 from layer 0
+    y = degrade(step_keys(key, step)[1], x, ops, noise_std=0.008)
+    x1 = run_frozen(net, params["layers"], y, ops, 0, 1)
+    np.testing.assert_allclose(losses[0.0], float(ssim_loss(x1, x)), rtol=1e-5)
+    np.testing.assert_allclose(losses[0.5] - losses[0.0], 0.5 * float(jnp.mean(jnp.abs(x1 - x))), rtol=1e-4)
 
 
 def test_enter_phase_copies_the_previous_layer():

@@ -149,6 +149,27 @@ def as_denoiser(model: DRUNet):
     return denoiser, params
 
 
+def self_ensemble(denoiser):
+    """The geometric self-ensemble of a pure denoiser (DPIR's "x8" mode, Zhang et al. 2021): the
+    mean of ``T^-1 D(T v, sigma)`` over the eight rotations and flips ``T`` of the image plane.
+    Returns a denoiser with the same signature ``(params, v, sigma)``, for ``(H, W, C)`` or batched
+    ``(N, H, W, C)`` inputs (non-square images need ``H`` and ``W`` the network accepts, as rotations
+    swap them). It costs eight denoiser calls; for an equivariant denoiser it changes nothing."""
+
+    def ensembled(params, v, sigma):
+        total = 0.0
+        for k in range(4):
+            for flip in (False, True):
+                t = jnp.rot90(v, k, axes=(-3, -2))
+                t = jnp.flip(t, -2) if flip else t
+                d = denoiser(params, t, sigma)
+                d = jnp.flip(d, -2) if flip else d
+                total = total + jnp.rot90(d, -k, axes=(-3, -2))
+        return total / 8.0
+
+    return ensembled
+
+
 def denoise(model: DRUNet, x, sigma):
     """Validated eager entry point: ``x`` a finite ``(H, W, C)`` image (or batch) in ``[0, 1]``
     plus noise, ``sigma >= 0`` (scalar or per image)."""
@@ -161,7 +182,7 @@ def denoise(model: DRUNet, x, sigma):
     return model(x, s)
 
 
-__all__ = ["DRUNetConfig", "DRUNet", "PUBLISHED", "SMALL", "ResBlock", "create", "as_denoiser", "denoise", "save_weights", "load_weights",
+__all__ = ["DRUNetConfig", "DRUNet", "PUBLISHED", "SMALL", "ResBlock", "create", "as_denoiser", "self_ensemble", "denoise", "save_weights", "load_weights",
            "weights_metadata", "FORMAT"]
 
 

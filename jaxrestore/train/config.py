@@ -20,6 +20,7 @@ Schema (every key optional unless marked; unknown keys are errors)::
         first:  {lr: 1.0e-2, epochs: 40, decay_every: 5}    # lr x 0.9 every decay_every epochs
         greedy: {lr: 5.0e-3, epochs: 40, decay_every: 5}    # per greedy layer
         last:   {lr: 1.0e-3, epochs: 600, decay_every: 50}
+    loss: {l1_weight: 0.0}               # -SSIM (the paper) + l1_weight * mean |x - x_true|
     checkpoint: {every: 120, keep: 3}     # periodic orbax checkpoints every N steps, newest kept
     seed: 0
     out_dir: runs/irestnet/gaussA        # default runs/irestnet/<config file name>
@@ -87,6 +88,11 @@ class ScheduleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LossConfig:
+    l1_weight: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every: int
     keep: int
@@ -104,6 +110,7 @@ class TrainConfig:
     seed: int
     out_dir: Path
     source: str = "<dict>"
+    loss: LossConfig = LossConfig()
 
     def irestnet_config(self) -> IRestNetConfig:
         m = self.model
@@ -120,6 +127,7 @@ class TrainConfig:
             "schedule": {"greedy_layers": s.greedy_layers, "batch_size": s.batch_size, "steps_per_epoch": s.steps_per_epoch,
                          "validate_every": s.validate_every, "log_every": s.log_every,
                          "stages": {n: dataclasses.asdict(s.stage(n)) for n in STAGES}},
+            "loss": dataclasses.asdict(self.loss),
             "checkpoint": dataclasses.asdict(self.checkpoint),
             "seed": self.seed,
             "out_dir": str(self.out_dir),
@@ -128,7 +136,7 @@ class TrainConfig:
     def run_identity(self) -> dict:
         """The parts that define a training run: a resumed run must agree on all of them."""
         d = self.to_dict()
-        return {k: d[k] for k in ("preset", "data", "model", "schedule", "seed")}
+        return {k: d[k] for k in ("preset", "data", "model", "schedule", "loss", "seed")}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -286,6 +294,13 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
         if needs[name] and schedule.stage(name).epochs < 1:
             raise ValueError(f"{source}: 'schedule.stages.{name}.epochs' must be >= 1 (that stage has parameters to train)")
 
+    lo = top.sub("loss")
+    l1_weight = lo.raw("l1_weight", 0.0)
+    if isinstance(l1_weight, bool) or not isinstance(l1_weight, (int, float)) or not math.isfinite(l1_weight) or l1_weight < 0:
+        raise ValueError(f"{source}: 'loss.l1_weight' must be a finite number >= 0, got {l1_weight!r}")
+    lo.done()
+    loss = LossConfig(l1_weight=float(l1_weight))
+
     c = top.sub("checkpoint")
     checkpoint = CheckpointConfig(every=c.integer("every", schedule.steps_per_epoch, minimum=1), keep=c.integer("keep", 3, minimum=1))
     c.done()
@@ -298,7 +313,7 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
     stem = Path(source).stem if source != "<dict>" else "run"
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/irestnet/{stem}").expanduser()
     return TrainConfig(preset=preset_name, data=data, model=model, schedule=schedule, checkpoint=checkpoint,
-                       seed=seed, out_dir=out.resolve(), source=source)
+                       seed=seed, out_dir=out.resolve(), source=source, loss=loss)
 
 
 TRAIN_FOLDERS = ("irestnet", "denoiser", "suppa")

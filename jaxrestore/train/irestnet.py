@@ -10,7 +10,8 @@ The run is a sequence of *phases*, each with its own Adam optimizer and learning
 * ``last``: layers ``G .. K-1`` (each initialised from layer ``G - 1``) and the post-processing
   ``Lpp`` trained end to end, loss on ``sigmoid(x_K + Lpp(x_K))`` with BatchNorm in training mode.
 
-The loss is :func:`jaxrestore.losses.ssim_loss` (``-SSIM``, the authors' zero-padded window).
+The loss is :func:`jaxrestore.losses.ssim_loss` (``-SSIM``, the authors' zero-padded window), plus
+``loss.l1_weight`` times the mean absolute error where the config asks for it (the paper: 0).
 Only the trainable slice of the stacked layer parameters is given to the optimizer; frozen layers
 run without gradients (``stop_gradient``), recomputed at every step. The layer ``k`` trained in
 the first and greedy phases is a traced argument, so all greedy layers share one compilation.
@@ -37,7 +38,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from jaxrestore.losses import ssim_loss, ssim_same
+from jaxrestore.losses import ssim_l1_loss, ssim_same
 from jaxrestore.metrics import ssim
 from jaxrestore.models.irestnet import IRestNet, IRestNetConfig
 from jaxrestore.models.irestnet_io import save_weights
@@ -190,18 +191,18 @@ def _noise_kwargs(noise):
     return {"noise_std": values[0]} if kind == "std" else {"noise_range": tuple(values)}
 
 
-@functools.partial(jax.jit, static_argnames=("net", "noise"))
-def layer_step(layers, opt_state, k, x, key, step, ops, lr, decay_steps, *, net: Net, noise):
+@functools.partial(jax.jit, static_argnames=("net", "noise", "l1_weight"))
+def layer_step(layers, opt_state, k, x, key, step, ops, lr, decay_steps, *, net: Net, noise, l1_weight: float = 0.0):
     """One Adam step on layer ``k`` alone (stages first and greedy): the batch ``x`` is
     degraded with the noise of ``(key, step)``, layers ``0 .. k-1`` run frozen, the loss is
-    ``ssim_loss(x_{k+1}, x)``. Returns ``(layers, opt_state, loss)``."""
+    ``ssim_l1_loss(x_{k+1}, x, l1_weight)``. Returns ``(layers, opt_state, loss)``."""
     y = degrade(step_keys(key, step)[1], x, ops, **_noise_kwargs(noise))
     aty, sigma = _observation_terms(ops, y)
     x_k = run_frozen(net, layers, y, ops, 0, k)
     layer = take_layer(layers, k)
 
     def loss_fn(layer):
-        return ssim_loss(_apply_layer(net, layer, x_k, aty, ops, sigma), x)
+        return ssim_l1_loss(_apply_layer(net, layer, x_k, aty, ops, sigma), x, l1_weight)
 
     loss, grads = jax.value_and_grad(loss_fn)(layer)
     updates, opt_state = make_optimizer(lr, decay_steps).update(grads, opt_state, layer)
@@ -218,8 +219,8 @@ def last_trainable(params: dict, first: int) -> dict:
     return t
 
 
-@functools.partial(jax.jit, static_argnames=("net", "noise", "first"))
-def last_step(params, opt_state, x, key, step, ops, lr, decay_steps, *, net: Net, noise, first: int):
+@functools.partial(jax.jit, static_argnames=("net", "noise", "first", "l1_weight"))
+def last_step(params, opt_state, x, key, step, ops, lr, decay_steps, *, net: Net, noise, first: int, l1_weight: float = 0.0):
     """One Adam step of the last stage: layers ``first .. K-1`` and Lpp (training-mode
     BatchNorm) end to end, layers ``0 .. first-1`` frozen. Returns ``(params, opt_state, loss)``."""
     y = degrade(step_keys(key, step)[1], x, ops, **_noise_kwargs(noise))
@@ -232,7 +233,7 @@ def last_step(params, opt_state, x, key, step, ops, lr, decay_steps, *, net: Net
         stats = params.get("stats")
         if "lpp" in t:
             out, stats = _apply_lpp(net.lpp_train_gd, t["lpp"], stats, out)
-        return ssim_loss(out, x), stats
+        return ssim_l1_loss(out, x, l1_weight), stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = make_optimizer(lr, decay_steps).update(grads, opt_state, trainable)
@@ -246,8 +247,9 @@ def last_step(params, opt_state, x, key, step, ops, lr, decay_steps, *, net: Net
 
 
 def _scores(out, x):
-    """Per image: the training SSIM (zero-padded window) and dm-pix's 'valid' SSIM."""
-    return ssim_same(out, x), ssim(out, x)
+    """Per image: the training SSIM (zero-padded window), dm-pix's 'valid' SSIM and the mean
+    absolute error."""
+    return ssim_same(out, x), ssim(out, x), jnp.mean(jnp.abs(out - x), axis=(1, 2, 3))
 
 
 @functools.partial(jax.jit, static_argnames=("net",))
@@ -365,24 +367,27 @@ class _Run:
 
     def validate(self, phase: Phase) -> tuple[float, float]:
         n, chunk = len(self.val.x), self.val_chunk
-        same, pix = [], []
+        same, pix, l1 = [], [], []
         for i in range(0, n, chunk):
             idx = np.arange(i, i + chunk) % n  # the last chunk is padded with the first images
             x, y = jnp.asarray(self.val.x[idx]), jnp.asarray(self.val.y[idx])
             if phase.stage == "last":
-                s, p = eval_model(self.params, y, x, self.val_ops, net=self.net)
+                s, p, a = eval_model(self.params, y, x, self.val_ops, net=self.net)
             else:
-                s, p = eval_layers(self.params["layers"], y, x, self.val_ops, np.int32(phase.layer + 1), net=self.net)
+                s, p, a = eval_layers(self.params["layers"], y, x, self.val_ops, np.int32(phase.layer + 1), net=self.net)
             keep = min(chunk, n - i)
             same.append(np.asarray(s)[:keep])
             pix.append(np.asarray(p)[:keep])
-        return -float(np.mean(np.concatenate(same))), float(np.mean(np.concatenate(pix)))
+            l1.append(np.asarray(a)[:keep])
+        # the training loss on the validation crops (per-image means averaged: the crops have one size)
+        loss = -float(np.mean(np.concatenate(same))) + self.config.loss.l1_weight * float(np.mean(np.concatenate(l1)))
+        return loss, float(np.mean(np.concatenate(pix)))
 
     # -- one step
 
     def train_step(self, phase: Phase):
         x = jnp.asarray(self.images.batch(self.key[0], self.step, self.config.schedule.batch_size))
-        kw = dict(net=self.net, noise=self.noise)
+        kw = dict(net=self.net, noise=self.noise, l1_weight=self.config.loss.l1_weight)
         args = (x, self.key[0], np.uint32(self.step), self.ops, np.float32(phase.lr), np.int32(phase.decay_steps))
         if phase.stage == "last":
             self.params, self.opt_state, loss = last_step(self.params, self.opt_state, *args, first=phase.layer, **kw)
