@@ -594,7 +594,7 @@ def _cmd_train(args) -> int:
     config = config_from_dict({k: v for k, v in raw.items() if k != "kind"}, source=str(path), out_dir=args.out)
     m, s = config.model, config.schedule
     total = build_phases(config)[-1].end
-    lpp = f"Lpp {m.lpp_features} features" if m.use_lpp else "no Lpp"
+    lpp = f"Lpp {m.lpp_features} features ({m.lpp_residual} residual)" if m.use_lpp else "no Lpp"
     _say(f"iRestNet {config.preset}: K {m.num_layers} (greedy {s.greedy_layers}), {lpp}, crop {config.data.crop}, "
          f"batch {s.batch_size}, {total} steps; output {config.out_dir}")
     result = train_irestnet(config, resume=True if args.resume else None, max_steps=args.max_steps)

@@ -120,6 +120,34 @@ def test_layers_share_one_scan_and_stack_parameters():
     assert float(model.layer(3).gamma[...]) == pytest.approx(1.0)  # the authors' raw initial value
 
 
+def test_logit_residual_lpp_starts_as_the_identity_and_round_trips(rng, tmp_path):
+    from jaxrestore.models.irestnet import lpp_output
+    from jaxrestore.models.irestnet_io import load_weights, save_weights
+
+    ops, y, _ = _problem(rng)
+    cfg = IRestNetConfig(num_layers=3, lpp_features=4, pool_sizes=((8, 8), (4, 4)), lpp_residual="logit")
+    model = IRestNet(cfg, rngs=nnx.Rngs(0))
+    model.eval()
+    x_k = model(y, ops, use_lpp=False)
+    # the last convolution starts at zero: sigmoid(logit(x_K)) = x_K
+    np.testing.assert_allclose(model(y, ops), x_k, atol=2e-6)
+    paper = _small_model()  # lpp_residual="input": sigmoid(x_K + Lpp(x_K)) is far from x_K at init
+    assert float(jnp.max(jnp.abs(paper(y, ops) - paper(y, ops, use_lpp=False)))) > 0.1
+    # once Lpp is non-zero, the output is sigmoid(logit(x_K) + Lpp(x_K)), also for x_K at 0 or 1
+    model.lpp.convs[-1].kernel[...] = 0.1 * jnp.ones_like(model.lpp.convs[-1].kernel[...])
+    r = model.lpp(x_k)
+    np.testing.assert_allclose(model(y, ops), jax.nn.sigmoid(jnp.log(x_k) - jnp.log1p(-x_k) + r), atol=2e-6)
+    edge = jnp.asarray([[[[0.0, 1.0, 0.5]]]])
+    assert np.all(np.isfinite(np.asarray(lpp_output(lambda v: 0.0 * v, edge, "logit"))))
+    # saved and loaded with its residual mode
+    path = save_weights(model, tmp_path / "logit.npz", {"preset": "gaussA"})
+    loaded = load_weights(path)
+    assert loaded.config.lpp_residual == "logit"
+    np.testing.assert_allclose(loaded(y, ops), model(y, ops), atol=1e-6)
+    with pytest.raises(ValueError, match="lpp_residual must be 'input' or 'logit'"):
+        IRestNet(IRestNetConfig(num_layers=1, lpp_residual="exp"), rngs=nnx.Rngs(0))
+
+
 def test_run_layers_validates_its_range(rng):
     model = _small_model()
     ops, y, _ = _problem(rng)

@@ -180,6 +180,12 @@ def test_config_rejects_unknown_keys_missing_folders_and_untrained_stages(datase
         config_from_dict(zero)
     with pytest.raises(ValueError, match="unknown preset"):
         config_from_dict(dict(good, preset="gaussZ"))
+    assert config_from_dict(good).irestnet_config().lpp_residual == "input"  # the paper's Lpp by default
+    logit = tiny_config_dict(dataset, tmp_path / "out", model={"num_layers": 3, "lpp_features": 4, "lpp_residual": "logit"})
+    assert config_from_dict(logit).irestnet_config().lpp_residual == "logit"
+    logit["model"]["lpp_residual"] = "exp"
+    with pytest.raises(ValueError, match=r"'model\.lpp_residual' must be one of"):
+        config_from_dict(logit)
     assert config_from_dict(good).loss.l1_weight == 0.0  # the paper's -SSIM by default
     assert config_from_dict(dict(good, loss={"l1_weight": 0.2})).loss.l1_weight == 0.2
     for bad_weight in (-0.1, "0.2", True, float("nan")):
@@ -449,6 +455,19 @@ def test_config_file_round_trip(dataset, tmp_path):
     assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
     with pytest.raises(ValueError, match="training config not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_logit_residual_run_trains_lpp_from_the_identity(dataset, tmp_path):
+    """With ``lpp_residual: logit`` the last stage starts from ``x_K`` itself (Lpp's last conv is
+    zero), so its first validation is that of the layers; the exported model keeps the mode."""
+    raw = tiny_config_dict(dataset, tmp_path / "run", model={"num_layers": 3, "lpp_features": 4, "lpp_residual": "logit"})
+    result = train_irestnet(config_from_dict(raw), progress=False)
+    assert result.completed
+    model = load_weights(result.weights)
+    assert model.config.lpp_residual == "logit"
+    assert float(jnp.max(jnp.abs(model.lpp.convs[-1].kernel[...]))) > 0  # Lpp was trained
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert all(np.isfinite(r["train_loss"]) for r in records)
 
 
 def test_checkpoints_do_not_depend_on_the_logging_cadence(dataset, tmp_path):

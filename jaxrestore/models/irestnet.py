@@ -11,7 +11,8 @@ Layer ``k`` (``../shared/PROTOCOLS.md`` section 1)::
 
 with ``x_0 = y``, ``B`` the log-barrier of ``[0, beta]`` (:func:`jaxrestore.prox.barrier_prox`) and
 ``R`` the smoothed TV (13). The output is ``x_K`` or, with the post-processing ``Lpp``,
-``sigmoid(x_K + Lpp(x_K))``.
+``sigmoid(x_K + Lpp(x_K))`` (the published model, ``lpp_residual="input"``) or
+``sigmoid(logit(x_K) + Lpp(x_K))`` (``lpp_residual="logit"``, see :class:`IRestNetConfig`).
 
 The ``K`` layers are one module whose parameters carry a leading ``K`` axis; the forward pass is a
 single ``lax.scan`` over them, so compilation time does not grow with ``K``.
@@ -48,6 +49,10 @@ class IRestNetConfig:
     tv_gradient: Literal["exact", "authors"] = "exact"
     use_lpp: bool = True
     lpp_features: int = 64
+    # where Lpp's residual is added: "input" is the paper's sigmoid(x_K + Lpp(x_K)); "logit" is
+    # sigmoid(logit(x_K) + Lpp(x_K)), whose last convolution starts at zero so that Lpp starts as
+    # the identity (x_K lies strictly inside (0, 1): the barrier keeps it there)
+    lpp_residual: Literal["input", "logit"] = "input"
     # L_mu pools to these sizes (the published layer: 256x256 input, AvgPool(4) twice)
     pool_sizes: tuple[tuple[int, int], tuple[int, int]] = ((64, 64), (16, 16))
 
@@ -139,6 +144,20 @@ class PostProcessing(nnx.Module):
         return self.convs[-1](h)
 
 
+# logit(x) is evaluated on x clipped to [LOGIT_EPS, 1 - LOGIT_EPS] (|logit| <= 9.2): finite for
+# iterates that round to 0 or 1 in float32
+LOGIT_EPS = 1e-4
+
+
+def lpp_output(lpp, x, residual: str = "input"):
+    """The post-processed output: ``sigmoid(x + lpp(x))`` (``residual="input"``, the paper) or
+    ``sigmoid(logit(x) + lpp(x))`` (``"logit"``; ``lpp = 0`` gives back ``x``)."""
+    if residual == "logit":
+        xc = jnp.clip(x, LOGIT_EPS, 1.0 - LOGIT_EPS)
+        return jax.nn.sigmoid(jnp.log(xc) - jnp.log1p(-xc) + lpp(x))
+    return jax.nn.sigmoid(x + lpp(x))
+
+
 class IRestNet(nnx.Module):
     """The unfolded network. Call on a batch: ``model(y, ops, sigma=None)`` with ``y`` ``(N, H,
     W, 3)``, ``ops`` a batched operator pytree (one kernel per image, see
@@ -150,7 +169,12 @@ class IRestNet(nnx.Module):
         graphdef, *_ = nnx.split(layers[0])
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(layer) for layer in layers])
         self.layers = nnx.merge(graphdef, stacked)  # parameters with a leading K axis
+        if config.lpp_residual not in ("input", "logit"):
+            raise ValueError(f"lpp_residual must be 'input' or 'logit', got {config.lpp_residual!r}")
         self.lpp = PostProcessing(config.lpp_features, rngs=rngs) if config.use_lpp else None
+        if self.lpp is not None and config.lpp_residual == "logit":
+            last = self.lpp.convs[-1]
+            last.kernel[...] = jnp.zeros_like(last.kernel[...])  # Lpp starts as the identity
 
     def layer(self, k: int) -> IRestNetLayer:
         """A standalone copy of layer ``k`` (for inspection)."""
@@ -185,7 +209,7 @@ class IRestNet(nnx.Module):
         if use_lpp:
             if self.lpp is None:
                 raise ValueError("this model has no post-processing layer (config.use_lpp=False)")
-            x = jax.nn.sigmoid(x + self.lpp(x))
+            x = lpp_output(self.lpp, x, self.config.lpp_residual)
         return x
 
 
@@ -264,5 +288,5 @@ def load_published(layers_npz, lpp_npz=None, *, tv_gradient: Literal["exact", "a
     return model
 
 
-__all__ = ["IRestNetConfig", "IRestNet", "IRestNetLayer", "BarrierNet", "PostProcessing", "adaptive_avg_pool",
+__all__ = ["lpp_output", "LOGIT_EPS", "IRestNetConfig", "IRestNet", "IRestNetLayer", "BarrierNet", "PostProcessing", "adaptive_avg_pool",
            "as_function", "load_published"]

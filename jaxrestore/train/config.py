@@ -9,7 +9,8 @@ Schema (every key optional unless marked; unknown keys are errors)::
       crop: 256                          # random training crops, crop x crop
       val_crop: 256                      # centre crops of the validation images (default: crop)
       val_limit: null                    # first N validation images (sorted names); null: all
-    model: {num_layers: 40, tv_gradient: exact, use_lpp: true, lpp_features: 64}
+    model: {num_layers: 40, tv_gradient: exact, use_lpp: true, lpp_features: 64,
+            lpp_residual: input}         # input: sigmoid(x_K + Lpp(x_K)) (paper); logit: see IRestNetConfig
     schedule:
       greedy_layers: 30                  # G: layer 0 alone, then 1..G-1 greedily, then G..K-1 + Lpp
       batch_size: 10
@@ -70,6 +71,7 @@ class ModelConfig:
     tv_gradient: str
     use_lpp: bool
     lpp_features: int
+    lpp_residual: str = "input"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,8 @@ class TrainConfig:
 
     def irestnet_config(self) -> IRestNetConfig:
         m = self.model
-        return IRestNetConfig(num_layers=m.num_layers, tv_gradient=m.tv_gradient, use_lpp=m.use_lpp, lpp_features=m.lpp_features)
+        return IRestNetConfig(num_layers=m.num_layers, tv_gradient=m.tv_gradient, use_lpp=m.use_lpp, lpp_features=m.lpp_features,
+                              lpp_residual=m.lpp_residual)
 
     def to_dict(self) -> dict:
         """JSON-ready form (paths as strings); ``load``-able again with :func:`config_from_dict`."""
@@ -261,6 +264,7 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
         tv_gradient=m.choice("tv_gradient", "exact", ("exact", "authors")),
         use_lpp=m.boolean("use_lpp", True),
         lpp_features=m.integer("lpp_features", 64, minimum=1),
+        lpp_residual=m.choice("lpp_residual", "input", ("input", "logit")),
     )
     m.done()
 

@@ -8,7 +8,8 @@ The run is a sequence of *phases*, each with its own Adam optimizer and learning
 * ``greedy``: layers ``k = 1 .. G-1`` one at a time, layer ``k`` initialised as a copy of layer
   ``k - 1``, loss on ``x_{k+1}``; earlier layers are frozen;
 * ``last``: layers ``G .. K-1`` (each initialised from layer ``G - 1``) and the post-processing
-  ``Lpp`` trained end to end, loss on ``sigmoid(x_K + Lpp(x_K))`` with BatchNorm in training mode.
+  ``Lpp`` trained end to end, loss on ``sigmoid(x_K + Lpp(x_K))`` (or ``sigmoid(logit(x_K) +
+  Lpp(x_K))``, ``model.lpp_residual: logit``) with BatchNorm in training mode.
 
 The loss is :func:`jaxrestore.losses.ssim_loss` (``-SSIM``, the authors' zero-padded window), plus
 ``loss.l1_weight`` times the mean absolute error where the config asks for it (the paper: 0).
@@ -40,7 +41,7 @@ from tqdm import tqdm
 
 from jaxrestore.losses import ssim_l1_loss, ssim_same
 from jaxrestore.metrics import ssim
-from jaxrestore.models.irestnet import IRestNet, IRestNetConfig
+from jaxrestore.models.irestnet import IRestNet, IRestNetConfig, lpp_output
 from jaxrestore.models.irestnet_io import save_weights
 from jaxrestore.noise import estimate_sigma
 from jaxrestore.operators import Blur
@@ -177,12 +178,12 @@ def _run_block(net: Net, block, x, aty, ops, sigma):
     return jax.lax.scan(lambda v, layer: (_apply_layer(net, layer, v, aty, ops, sigma), None), x, block)[0]
 
 
-def _apply_lpp(gd, lpp, stats, x):
-    """``sigmoid(x + Lpp(x))`` and the BatchNorm statistics after the call (updated running
-    averages in training mode, unchanged in eval mode)."""
+def _apply_lpp(gd, lpp, stats, x, residual: str):
+    """:func:`~jaxrestore.models.irestnet.lpp_output` and the BatchNorm statistics after the call
+    (updated running averages in training mode, unchanged in eval mode)."""
     # fresh Variable objects at this trace level: BatchNorm may only update statistics it owns
     module = nnx.merge(gd, *jax.tree.map(lambda a: a, (lpp, stats)))
-    out = jax.nn.sigmoid(x + module(x))
+    out = lpp_output(module, x, residual)
     return out, nnx.state(module, nnx.BatchStat)
 
 
@@ -232,7 +233,7 @@ def last_step(params, opt_state, x, key, step, ops, lr, decay_steps, *, net: Net
         out = _run_block(net, t["block"], x_g, aty, ops, sigma) if "block" in t else x_g
         stats = params.get("stats")
         if "lpp" in t:
-            out, stats = _apply_lpp(net.lpp_train_gd, t["lpp"], stats, out)
+            out, stats = _apply_lpp(net.lpp_train_gd, t["lpp"], stats, out, net.config.lpp_residual)
         return ssim_l1_loss(out, x, l1_weight), stats
 
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -264,7 +265,7 @@ def forward(net: Net, params: dict, y, ops, *, use_lpp: bool | None = None):
     out = _run_block(net, params["layers"], y, aty, ops, sigma)
     use_lpp = ("lpp" in params) if use_lpp is None else use_lpp
     if use_lpp:
-        out, _ = _apply_lpp(net.lpp_eval_gd, params["lpp"], params["stats"], out)
+        out, _ = _apply_lpp(net.lpp_eval_gd, params["lpp"], params["stats"], out, net.config.lpp_residual)
     return out
 
 
