@@ -3,7 +3,7 @@
 Degrades the images of ``--data`` with the iRestNet test protocol (256x256 centre crops,
 float64 circular cross-correlation, seeded noise; see ``jaxrestore.protocols.irestnet``),
 restores them with each method, and prints a Markdown table of mean SSIM (the paper's
-scikit-image protocol on ``[6:250, 6:250]``) beside the paper's numbers.
+scikit-image protocol on ``[6:250, 6:250]``) beside the paper's numbers, then one of mean PSNR.
 
     python benchmarks/irestnet_table1.py --data ../shared/data/bsds500/val --json results/table1.json
 
@@ -96,25 +96,32 @@ def plot_gain_over_var(scores, path, method="irestnet") -> None:
     plt.close(fig)
 
 
+def _psnr(gt, est) -> float:
+    return float(10.0 * np.log10(1.0 / np.mean((np.clip(est, 0.0, 1.0) - gt) ** 2)))
+
+
 def evaluate(data, settings, methods, limit=None, seed=0, kernel_dir=None, args=None, progress=True):
-    """Mean SSIM per setting and method, plus per-image scores."""
+    """Per-image SSIM (the paper's protocol) and PSNR (full image, output clipped to [0, 1]) per
+    setting and method, and seconds per method."""
     names, gt = load_test_images(data, limit)
     scores: dict[str, dict[str, list[float]]] = {}
+    psnrs: dict[str, dict[str, list[float]]] = {}
     timing: dict[str, dict[str, float]] = {}
     bar = tqdm(total=len(settings) * len(methods), desc="settings x methods", disable=not progress, file=sys.stderr)
     for setting in settings:
         preset = load_preset(setting)
         deg = degrade_set(names, gt, preset, seed=seed, kernel_dir=kernel_dir)
-        scores[setting], timing[setting] = {}, {}
+        scores[setting], psnrs[setting], timing[setting] = {}, {}, {}
         for m in methods:
             t0 = time.perf_counter()
             est = METHODS[m](deg, preset, args)
             timing[setting][m] = time.perf_counter() - t0
             scores[setting][m] = [ssim_irestnet(g, e) for g, e in zip(deg.gt, est)]
+            psnrs[setting][m] = [_psnr(g, e) for g, e in zip(deg.gt, est)]
             bar.set_postfix_str(f"{setting}/{m}: {np.mean(scores[setting][m]):.3f}")
             bar.update()
     bar.close()
-    return names, scores, timing
+    return names, scores, psnrs, timing
 
 
 def main(argv=None):
@@ -127,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--kernel-dir", help="folder with irestnet_25x25.npz (motion setting)")
     ap.add_argument("--weights", help="folder with the published <setting>_layers.npz / <setting>_lpp.npz "
                     "(method irestnet); default: our own weights shipped in the package")
-    ap.add_argument("--json", help="write {'n_images', 'settings': {setting: {method: mean SSIM}}}")
+    ap.add_argument("--json", help="write {'n_images', 'settings': {setting: {method: mean SSIM}}, 'psnr': {...}}")
     ap.add_argument("--plot", help="PNG of the per-image SSIM gain of iRestNet over VAR, sorted (paper's Fig. 4); "
                     "needs methods var and irestnet")
     args = ap.parse_args(argv)
@@ -147,7 +154,7 @@ def main(argv=None):
         presets = {s: load_preset(s) for s in settings}
         for p in presets.values():
             p.kernel(args.kernel_dir)
-        names, scores, timing = evaluate(args.data, settings, methods, args.limit, args.seed, args.kernel_dir, args)
+        names, scores, psnrs, timing = evaluate(args.data, settings, methods, args.limit, args.seed, args.kernel_dir, args)
     except ValueError as e:
         fail(str(e))
 
@@ -157,12 +164,15 @@ def main(argv=None):
         rows.append([m] + [f"{np.mean(scores[s][m]):.3f} ({presets[s].paper.get(m, '-')})" for s in settings])
     print(f"\nMean SSIM on {len(names)} images of {args.data} (paper's Table 1 in parentheses, 200 BSDS500 test images)\n")
     print(markdown_table(header, rows))
+    print("\nMean PSNR (dB; full 256x256 image, output clipped to [0, 1]; the paper reports SSIM only)\n")
+    print(markdown_table(header, [[m] + [f"{np.mean(psnrs[s][m]):.2f}" for s in settings] for m in methods]))
     print("\nseconds per setting: " + ", ".join(f"{s}: " + "/".join(f"{m} {timing[s][m]:.1f}" for m in methods) for s in settings))
     out = {
         "n_images": len(names),
         "data": str(args.data),
         "seed": args.seed,
         "settings": {s: {m: float(np.mean(scores[s][m])) for m in methods} for s in settings},
+        "psnr": {s: {m: float(np.mean(psnrs[s][m])) for m in methods} for s in settings},
         "paper": {s: {m: presets[s].paper.get(m) for m in methods} for s in settings},
         "per_image": {s: {m: dict(zip(names, map(float, scores[s][m]))) for m in methods} for s in settings},
     }
