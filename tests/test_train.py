@@ -215,8 +215,10 @@ def test_bundled_configs_validate(shared_data):
         assert [c.schedule.stage(s).lr for s in ("first", "greedy", "last")] == [1e-2, 5e-3, 1e-3]
         assert [c.schedule.stage(s).epochs for s in ("first", "greedy", "last")] == [40, 40, 600]
         assert c.schedule.steps_per_epoch == 120 and c.model.tv_gradient == "exact"
+        assert c.model.lpp_residual == "input" and c.loss.l1_weight == 0.0  # the paper's Lpp and loss
     small = load_config("cpu-gaussA")
-    assert small.preset == "gaussA" and build_phases(small)[-1].end == 150 + 9 * 150 + 1500
+    assert small.preset == "gaussA" and build_phases(small)[-1].end == 150 + 9 * 150 + 2000
+    assert small.model.lpp_residual == "logit" and small.loss.l1_weight == 0.0
 
 
 def test_batches_depend_only_on_seed_and_step(dataset):
