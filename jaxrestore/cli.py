@@ -332,6 +332,8 @@ def _cmd_restore(args) -> int:
         _positive(getattr(args, name), f"--{name}")
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.x8 and args.method != "pnp-admm":
+        raise ValueError(f"--x8 (the denoiser's self-ensemble) works with --method pnp-admm, not {args.method}")
     if args.method in ("pnp-admm", "suppa"):
         return _restore_admm(args)
     if args.scale is not None:
@@ -441,9 +443,12 @@ def _restore_admm(args) -> int:
             model, origin = load_weights(args.weights), f"weights {args.weights}"
         else:
             model, origin = pretrained.drunet("small"), "the shipped denoiser (drunet_small)"
-        from jaxrestore.models.drunet import as_denoiser
+        from jaxrestore.models.drunet import as_denoiser, self_ensemble
 
         denoiser, net = as_denoiser(model)
+        if args.x8:
+            denoiser = self_ensemble(denoiser)
+            origin += ", x8 self-ensemble"
         settings = dict(PNP_PARAMS[task])
         if args.iterations is not None:
             settings["num_iters"] = args.iterations
@@ -683,6 +688,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lam", type=float, help="regularisation weight (default: see above)")
     r.add_argument("--delta", type=float, help="VAR: TV smoothing delta (default: see above)")
     r.add_argument("--iterations", type=int, metavar="N", help="VAR: number of iterations (default: see above)")
+    r.add_argument("--x8", action="store_true", help="pnp-admm: average the denoiser over the 8 rotations/flips of "
+                   "the image (DPIR's self-ensemble; 8x slower, about +0.1 dB on deblurring)")
     r.add_argument("--reference", metavar="GT",
                    help="ground truth (image, or folder with the same names) to print PSNR and SSIM against")
     r.set_defaults(run=_cmd_restore)

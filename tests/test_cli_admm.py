@@ -54,6 +54,19 @@ def test_pnp_admm_super_resolution_matches_library(files, tmp_path, capsys):
     np.testing.assert_allclose(got, np.round(np.clip(np.asarray(ref), 0, 1) * 255) / 255, atol=1.5 / 255)
 
 
+def test_pnp_admm_x8_uses_the_self_ensemble(files, tmp_path, capsys):
+    out = tmp_path / "sr8.png"
+    assert cli.main(["restore", str(files / "lr.png"), "-o", str(out), "--method", "pnp-admm", "--scale", "2",
+                     "--weights", str(files / "den.npz"), "--iterations", "2", "--x8"]) == 0
+    assert "x8 self-ensemble" in capsys.readouterr().out
+    den, net = drunet.as_denoiser(drunet.load_weights(files / "den.npz"))
+    op = Downsample.from_kernel(kernels.bicubic(2, antialias=False), (24, 24), 2)
+    p = PNP_PARAMS["sr2"]
+    ref = pnp_admm(op, drunet.self_ensemble(den), net, jnp.asarray(load_image(files / "lr.png")), noise_sigma=0.0,
+                   num_iters=2, sigma_max=p["sigma_max"], sigma_min=p["sigma_min"], lam=p["lam"])
+    np.testing.assert_allclose(load_image(out), np.round(np.clip(np.asarray(ref), 0, 1) * 255) / 255, atol=1.5 / 255)
+
+
 def test_suppa_model_reports_iterations(files, tmp_path, capsys):
     assert cli.main(["restore", str(files / "lr.png"), "-o", str(tmp_path / "x.png"), "--method", "suppa", "--scale", "2",
                      "--weights", str(files / "jfb.npz")]) == 0
@@ -70,6 +83,7 @@ def test_suppa_model_reports_iterations(files, tmp_path, capsys):
     # no SR model ships: the error names the config that trains one (sr2 has one; sr3 starts from it)
     (["--method", "suppa", "--scale", "2"], "jaxrestore train suppa/suppa-sr2"),
     (["--method", "suppa", "--scale", "3"], "configs/suppa/suppa-sr2.yaml with task: sr3"),
+    (["--method", "suppa", "--scale", "2", "--x8"], "--x8 (the denoiser's self-ensemble) works with --method pnp-admm"),
 ])
 def test_admm_errors_are_one_line(files, tmp_path, capsys, argv, match):
     assert cli.main(["restore", str(files / "lr.png"), "-o", str(tmp_path / "x.png"), *argv]) == 2
