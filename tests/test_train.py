@@ -188,7 +188,8 @@ def test_config_rejects_unknown_keys_missing_folders_and_untrained_stages(datase
         config_from_dict(logit)
     assert config_from_dict(good).loss.l1_weight == 0.0  # the paper's -SSIM by default
     assert config_from_dict(dict(good, loss={"l1_weight": 0.2})).loss.l1_weight == 0.2
-    for bad_weight in (-0.1, "0.2", True, float("nan")):
+    assert config_from_dict(dict(good, loss={"l1_weight": "1e-1"})).loss.l1_weight == 0.1  # PyYAML's reading of 1e-1
+    for bad_weight in (-0.1, "heavy", True, float("nan")):
         with pytest.raises(ValueError, match=r"'loss\.l1_weight' must be a finite number >= 0"):
             config_from_dict(dict(good, loss={"l1_weight": bad_weight}))
     with pytest.raises(ValueError, match=r"unknown key 'loss\.l2_weight'"):

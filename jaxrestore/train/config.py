@@ -183,7 +183,7 @@ class _Reader:
             raise self._error(key, f"must be >= {minimum}, got {v}")
         return v
 
-    def positive_float(self, key, default=None):
+    def positive_float(self, key, default=None, *, allow_zero: bool = False):
         v = self.raw(key, default)
         if v is None:
             raise self._error(key, "is required")
@@ -191,8 +191,8 @@ class _Reader:
             f = float(v) if not isinstance(v, bool) else math.nan
         except (TypeError, ValueError):
             f = math.nan
-        if not (math.isfinite(f) and f > 0):
-            raise self._error(key, f"must be a finite number > 0, got {v!r}")
+        if not (math.isfinite(f) and (f > 0 or (allow_zero and f == 0))):
+            raise self._error(key, f"must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
         return f
 
     def boolean(self, key, default):
@@ -299,11 +299,8 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
             raise ValueError(f"{source}: 'schedule.stages.{name}.epochs' must be >= 1 (that stage has parameters to train)")
 
     lo = top.sub("loss")
-    l1_weight = lo.raw("l1_weight", 0.0)
-    if isinstance(l1_weight, bool) or not isinstance(l1_weight, (int, float)) or not math.isfinite(l1_weight) or l1_weight < 0:
-        raise ValueError(f"{source}: 'loss.l1_weight' must be a finite number >= 0, got {l1_weight!r}")
+    loss = LossConfig(l1_weight=lo.positive_float("l1_weight", 0.0, allow_zero=True))
     lo.done()
-    loss = LossConfig(l1_weight=float(l1_weight))
 
     c = top.sub("checkpoint")
     checkpoint = CheckpointConfig(every=c.integer("every", schedule.steps_per_epoch, minimum=1), keep=c.integer("keep", 3, minimum=1))
