@@ -16,6 +16,7 @@ Schema (every key optional unless marked; unknown keys are errors)::
       batch_size: 16
       steps: 10000
       lr: 1.0e-5                         # the denoiser (Adam)
+      lr_end: 1.0e-5                     # below lr: cosine decay of the denoiser's rate to lr_end (default: constant)
       scalar_lr: 1.0e-2                  # log sigma, log rho
       lambda_lr: 0.1                     # SUPPA's convergence rate lambda
       validate_every: 500
@@ -71,6 +72,7 @@ class SuppaTrainConfig:
     batch_size: int
     steps: int
     lr: float
+    lr_end: float
     scalar_lr: float
     lambda_lr: float
     validate_every: int
@@ -155,10 +157,14 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
             raise ValueError(f"{source}: 'data.{name}' ({c}) must be a multiple of the scale factor {scale}")
     s = top.sub("schedule")
     sched = dict(batch_size=s.integer("batch_size", 16, minimum=1), steps=s.integer("steps", 10000, minimum=1),
-                 lr=s.positive_float("lr", 1e-5), scalar_lr=s.positive_float("scalar_lr", 1e-2),
+                 lr=s.positive_float("lr", 1e-5))
+    sched.update(lr_end=s.positive_float("lr_end", sched["lr"]), scalar_lr=s.positive_float("scalar_lr", 1e-2),
                  lambda_lr=s.positive_float("lambda_lr", 0.1), validate_every=s.integer("validate_every", 500, minimum=1),
                  log_every=s.integer("log_every", 10, minimum=1))
     s.done()
+    if sched["lr_end"] > sched["lr"]:
+        raise ValueError(f"{source}: 'schedule.lr_end' ({sched['lr_end']:g}) must not exceed 'schedule.lr' "
+                         f"({sched['lr']:g}); the rate decays")
     c = top.sub("checkpoint")
     every, keep = c.integer("every", sched["validate_every"], minimum=1), c.integer("keep", 3, minimum=1)
     c.done()
@@ -199,11 +205,19 @@ def initial_params(config: SuppaTrainConfig):
     return graphdef, strong(unrolled.init_params(config.model, net, sigma, rho))
 
 
+def net_lr(config: SuppaTrainConfig):
+    """The denoiser's learning rate: constant ``lr``, or a cosine decay from ``lr`` to ``lr_end``
+    over the run when ``lr_end < lr``."""
+    if config.lr_end == config.lr:
+        return config.lr
+    return optax.cosine_decay_schedule(config.lr, config.steps, alpha=config.lr_end / config.lr)
+
+
 def make_optimizer(config: SuppaTrainConfig) -> optax.GradientTransformation:
-    """Adam with one learning rate per group: the denoiser, ``log sigma``/``log rho``, and
-    SUPPA's ``lambda`` (its own rate, 0.1 in the paper)."""
+    """Adam with one learning rate per group: the denoiser (:func:`net_lr`), ``log sigma``/``log rho``,
+    and SUPPA's ``lambda`` (its own rate, 0.1 in the paper)."""
     labels = {"net": "net", "log_sigma": "scalar", "log_rho": "scalar", "log1p_lambda": "lambda"}
-    return optax.multi_transform({"net": optax.adam(config.lr), "scalar": optax.adam(config.scalar_lr),
+    return optax.multi_transform({"net": optax.adam(net_lr(config)), "scalar": optax.adam(config.scalar_lr),
                                   "lambda": optax.adam(config.lambda_lr)},
                                  lambda params: {k: jax.tree.map(lambda _: labels[k], v) for k, v in params.items()})
 
@@ -269,6 +283,9 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
     def fields(params, i):
         sigma, rho = unrolled.sigma_rho(params)
         out = {"sigma": np.asarray(sigma).round(6).tolist(), "rho": np.asarray(rho).round(6).tolist()}
+        lr = net_lr(c)
+        if callable(lr):
+            out["lr"] = float(lr(i - 1))
         if c.mode == "suppa":
             out["lambda"] = float(unrolled.convergence_rate(params))
         return out
@@ -296,5 +313,5 @@ def cli_train_suppa(args, path, say, report) -> int:
     return 0
 
 
-__all__ = ["SuppaTrainConfig", "suppa_config_from_dict", "load_suppa_config", "initial_params", "make_optimizer",
+__all__ = ["SuppaTrainConfig", "suppa_config_from_dict", "load_suppa_config", "initial_params", "net_lr", "make_optimizer",
            "train_step", "eval_batch", "train_suppa", "cli_train_suppa"]
