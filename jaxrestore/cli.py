@@ -461,10 +461,9 @@ def _restore_admm(args) -> int:
     else:
         from jaxrestore.models import unrolled
 
-        path = Path(args.weights) if args.weights else pretrained.suppa_path("suppa", task)
-        if not args.weights and not path.is_file():
-            how = (f"`jaxrestore train suppa/suppa-{task}`" if task in ("deblur", "sr2")
-                   else f"a copy of configs/suppa/suppa-sr2.yaml with task: {task}")
+        path = Path(args.weights) if args.weights else pretrained.shipped_suppa(task)
+        if path is None:
+            how = f"`jaxrestore train suppa/{'suppa' if task == 'deblur' else 'explicit'}-{task}`"
             raise ValueError(f"no shipped SUPPA model for {task}; train one with {how} and pass --weights FILE")
         config, graphdef, params, meta = unrolled.load(path)
         _say(f"{config.mode} model {path.name} (trained for {meta.get('task', '?')}); "

@@ -80,12 +80,26 @@ def test_suppa_model_reports_iterations(files, tmp_path, capsys):
     (["--method", "var", "--scale", "2"], "--scale"),
     (["--method", "suppa", "--scale", "2", "--weights", "/nonexistent.npz"], "cannot load unrolled ADMM weights"),
     (["--method", "pnp-admm", "--kernel-shape", "gaussian:1", "--weights", "/nonexistent.npz"], "cannot load DRUNet"),
-    # no SR model ships: the error names the config that trains one (sr2 has one; sr3 starts from it)
-    (["--method", "suppa", "--scale", "2"], "jaxrestore train suppa/suppa-sr2"),
-    (["--method", "suppa", "--scale", "3"], "configs/suppa/suppa-sr2.yaml with task: sr3"),
+    # no x3 model ships: the error names the config that trains one
+    (["--method", "suppa", "--scale", "3"], "jaxrestore train suppa/explicit-sr3"),
     (["--method", "suppa", "--scale", "2", "--x8"], "--x8 (the denoiser's self-ensemble) works with --method pnp-admm"),
 ])
 def test_admm_errors_are_one_line(files, tmp_path, capsys, argv, match):
     assert cli.main(["restore", str(files / "lr.png"), "-o", str(tmp_path / "x.png"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jaxrestore: error:") and match in err[0]
+
+
+def test_shipped_suppa_prefers_the_suppa_mode(tmp_path, monkeypatch):
+    """The default model of --method suppa: the SUPPA-mode file of the task if shipped, else the
+    first of explicit, deq, jfb; None (and the CLI's one-line error) when none is."""
+    from jaxrestore.models import pretrained
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    assert pretrained.shipped_suppa("sr2") is None
+    for mode in ("jfb", "explicit"):
+        (tmp_path / f"suppa_{mode}_sr2.npz").write_bytes(b"")
+    assert pretrained.shipped_suppa("sr2") == tmp_path / "suppa_explicit_sr2.npz"
+    (tmp_path / "suppa_suppa_sr2.npz").write_bytes(b"")
+    assert pretrained.shipped_suppa("sr2") == tmp_path / "suppa_suppa_sr2.npz"
+    assert pretrained.shipped_suppa("deblur") is None

@@ -55,4 +55,17 @@ def suppa_path(mode: str = "suppa", task: str = "deblur") -> Path:
     return WEIGHTS_DIR / f"suppa_{mode}_{task}.npz"
 
 
-__all__ = ["suppa_path", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
+SUPPA_MODES = ("suppa", "explicit", "deq", "jfb")
+
+
+def shipped_suppa(task: str = "deblur") -> Path | None:
+    """The shipped trained PnP-ADMM model for ``task``: the SUPPA-mode one if there is one, else
+    the first shipped of explicit, deq, jfb (super-resolution ships explicit unrolling, its best
+    CPU-trained mode); ``None`` if none is shipped."""
+    for mode in SUPPA_MODES:
+        if suppa_path(mode, task).is_file():
+            return suppa_path(mode, task)
+    return None
+
+
+__all__ = ["suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
