@@ -103,3 +103,12 @@ def test_shipped_suppa_prefers_the_suppa_mode(tmp_path, monkeypatch):
     (tmp_path / "suppa_suppa_sr2.npz").write_bytes(b"")
     assert pretrained.shipped_suppa("sr2") == tmp_path / "suppa_suppa_sr2.npz"
     assert pretrained.shipped_suppa("deblur") is None
+
+
+def test_suppa_sr2_uses_the_shipped_model(files, tmp_path, capsys):
+    """--method suppa --scale 2 without --weights runs the shipped x2 model (explicit unrolling)."""
+    out = tmp_path / "x.png"
+    assert cli.main(["restore", str(files / "lr.png"), "-o", str(out), "--method", "suppa", "--scale", "2"]) == 0
+    assert "explicit model suppa_explicit_sr2.npz (trained for sr2)" in capsys.readouterr().out
+    lr = load_image(files / "lr.png")
+    assert load_image(out).shape == (2 * lr.shape[0], 2 * lr.shape[1], lr.shape[2])
