@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxrestore.data import atomic_open
 
@@ -19,6 +20,14 @@ def strong(tree):
     device commitment (orbax restores committed arrays). ``jit`` keys its cache on both, so
     without this a restored or freshly initialised state would compile every step again."""
     return jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), tree)
+
+
+def cosine_lr(lr: float, lr_end: float, steps: int):
+    """A learning rate decayed by a cosine from ``lr`` to ``lr_end`` over ``steps`` (an optax
+    schedule), or the constant ``lr`` when ``lr_end == lr``."""
+    if lr_end == lr:
+        return lr
+    return optax.cosine_decay_schedule(lr, steps, alpha=lr_end / lr)
 
 
 class TrainingDiverged(ValueError):

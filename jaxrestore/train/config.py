@@ -195,6 +195,15 @@ class _Reader:
             raise self._error(key, f"must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
         return f
 
+    def decaying_lr(self, default_lr, end_default=None) -> tuple[float, float]:
+        """``(lr, lr_end)`` from keys ``lr`` and ``lr_end``: ``lr_end`` defaults to
+        ``end_default(lr)`` (constant rate if ``end_default`` is None) and may not exceed ``lr``."""
+        lr = self.positive_float("lr", default_lr)
+        lr_end = self.positive_float("lr_end", lr if end_default is None else end_default(lr))
+        if lr_end > lr:
+            raise self._error("lr_end", f"({lr_end:g}) must not exceed '{self._name('lr')}' ({lr:g}); the rate decays")
+        return lr, lr_end
+
     def boolean(self, key, default):
         v = self.raw(key, default)
         if not isinstance(v, bool):

@@ -53,7 +53,7 @@ from flax import nnx
 from jaxrestore.data import ImageFolder
 from jaxrestore.metrics import psnr
 from jaxrestore.models.drunet import DRUNetConfig, create, save_weights
-from jaxrestore.train.common import TrainResult, strong
+from jaxrestore.train.common import TrainResult, cosine_lr, strong
 from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
 from jaxrestore.train.data import TrainImages, step_keys
 from jaxrestore.train.loop import Cadence, Hooks, run_loop
@@ -135,10 +135,7 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     s = top.sub("schedule")
     batch_size = s.integer("batch_size", 16, minimum=1)
     steps = s.integer("steps", 10000, minimum=1)
-    lr = s.positive_float("lr", 1e-4)
-    lr_end = s.positive_float("lr_end", lr / 100)
-    if lr_end > lr:
-        raise ValueError(f"{source}: 'schedule.lr_end' ({lr_end:g}) must not exceed 'schedule.lr' ({lr:g}); the rate decays")
+    lr, lr_end = s.decaying_lr(1e-4, lambda lr: lr / 100)
     validate_every = s.integer("validate_every", 1000, minimum=1)
     log_every = s.integer("log_every", 10, minimum=1)
     s.done()
@@ -187,7 +184,7 @@ def noisy_batch(key, x, sigma_max: float, sigma_power: float = 1.0):
 
 def make_lr(config: DenoiserTrainConfig):
     """Cosine decay from ``lr`` to ``lr_end`` over the run."""
-    return optax.cosine_decay_schedule(config.lr, config.steps, alpha=config.lr_end / config.lr)
+    return cosine_lr(config.lr, config.lr_end, config.steps)
 
 
 def make_optimizer(config: DenoiserTrainConfig) -> optax.GradientTransformation:

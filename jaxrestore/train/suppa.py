@@ -49,7 +49,7 @@ from jaxrestore.models import unrolled
 from jaxrestore.models.drunet import load_weights as load_drunet
 from jaxrestore.protocols.suppa import TASKS, noise_std, task_operator
 from jaxrestore.solvers.admm import SIGMA_FLOOR, pnp_schedule
-from jaxrestore.train.common import TrainResult, strong
+from jaxrestore.train.common import TrainResult, cosine_lr, strong
 from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
 from jaxrestore.train.data import TrainImages, batched, step_keys
 from jaxrestore.train.loop import Cadence, Hooks, run_loop
@@ -156,15 +156,12 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
         if c % scale:
             raise ValueError(f"{source}: 'data.{name}' ({c}) must be a multiple of the scale factor {scale}")
     s = top.sub("schedule")
+    lr, lr_end = s.decaying_lr(1e-5)
     sched = dict(batch_size=s.integer("batch_size", 16, minimum=1), steps=s.integer("steps", 10000, minimum=1),
-                 lr=s.positive_float("lr", 1e-5))
-    sched.update(lr_end=s.positive_float("lr_end", sched["lr"]), scalar_lr=s.positive_float("scalar_lr", 1e-2),
+                 lr=lr, lr_end=lr_end, scalar_lr=s.positive_float("scalar_lr", 1e-2),
                  lambda_lr=s.positive_float("lambda_lr", 0.1), validate_every=s.integer("validate_every", 500, minimum=1),
                  log_every=s.integer("log_every", 10, minimum=1))
     s.done()
-    if sched["lr_end"] > sched["lr"]:
-        raise ValueError(f"{source}: 'schedule.lr_end' ({sched['lr_end']:g}) must not exceed 'schedule.lr' "
-                         f"({sched['lr']:g}); the rate decays")
     c = top.sub("checkpoint")
     every, keep = c.integer("every", sched["validate_every"], minimum=1), c.integer("keep", 3, minimum=1)
     c.done()
@@ -208,9 +205,7 @@ def initial_params(config: SuppaTrainConfig):
 def net_lr(config: SuppaTrainConfig):
     """The denoiser's learning rate: constant ``lr``, or a cosine decay from ``lr`` to ``lr_end``
     over the run when ``lr_end < lr``."""
-    if config.lr_end == config.lr:
-        return config.lr
-    return optax.cosine_decay_schedule(config.lr, config.steps, alpha=config.lr_end / config.lr)
+    return cosine_lr(config.lr, config.lr_end, config.steps)
 
 
 def make_optimizer(config: SuppaTrainConfig) -> optax.GradientTransformation:
@@ -280,10 +275,11 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
             iters.append(int(n))
         return float(np.mean(scores)), {"val_psnr": float(np.mean(scores)), "val_iterations": float(np.mean(iters))}
 
+    lr = net_lr(c)
+
     def fields(params, i):
         sigma, rho = unrolled.sigma_rho(params)
         out = {"sigma": np.asarray(sigma).round(6).tolist(), "rho": np.asarray(rho).round(6).tolist()}
-        lr = net_lr(c)
         if callable(lr):
             out["lr"] = float(lr(i - 1))
         if c.mode == "suppa":
