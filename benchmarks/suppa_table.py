@@ -15,7 +15,8 @@ DPIR's schedule and our DRUNet denoiser, ``--denoiser FILE`` or the shipped
 ``jaxrestore/weights/drunet_small.npz``), ``pnp-x8`` (the same with the denoiser's geometric
 self-ensemble, :func:`jaxrestore.models.drunet.self_ensemble`: eight denoiser calls per
 iteration, as DPIR's "x8" mode), and the trained models ``unrolled`` (explicit, 6
-iterations), ``deq``, ``jfb``, ``suppa``, read from ``<models>/suppa_<mode>_<task>.npz``.
+iterations), ``deq``, ``jfb``, ``suppa``, read from ``<models>/suppa_<mode>_<task>.npz``, each
+also as ``<name>-x8`` (the same model with the self-ensemble in every iteration).
 
 The paper's SR column is picked from the data folder's name (set5, set14, bsds500 or bsd100 ->
 BSD100: the 100 BSDS500 validation images are the BSDS300 test set, i.e. BSD100). For deblurring
@@ -38,8 +39,8 @@ from _common import REPO, default_data, fail, markdown_table, write_json  # noqa
 
 from jaxrestore.protocols import suppa as protocol  # noqa: E402
 
-METHODS = ("tv", "bicubic", "pnp", "pnp-x8", "unrolled", "deq", "jfb", "suppa")
 TRAINED = {"unrolled": "explicit", "deq": "deq", "jfb": "jfb", "suppa": "suppa"}  # CLI name -> training mode
+METHODS = ("tv", "bicubic", "pnp", "pnp-x8") + tuple(TRAINED) + tuple(f"{m}-x8" for m in TRAINED)
 DEFAULT_MODEL_DIRS = (REPO / "jaxrestore" / "weights", REPO / "runs" / "suppa")
 
 # ../shared/PROTOCOLS.md section 2 (the paper's Tables I and II)
@@ -85,7 +86,7 @@ def paper_numbers(task: str, data) -> tuple[str, dict]:
 def model_file(method: str, task: str, models_dir=None) -> Path:
     """``<dir>/suppa_<mode>_<task>.npz`` from ``models_dir``, or from the package's weights then
     ``runs/suppa``; ``ValueError`` naming the training command when it is nowhere."""
-    mode = TRAINED[method]
+    mode = TRAINED[method.removesuffix("-x8")]
     name = f"suppa_{mode}_{task}.npz"
     dirs = [Path(models_dir)] if models_dir else list(DEFAULT_MODEL_DIRS)
     for d in dirs:
@@ -127,7 +128,7 @@ def build_methods(task: str, methods, args) -> dict:
             fns[m] = lambda ys, den=den, params=params: protocol.restore_pnp(task, ys, den, params)
         else:
             model = protocol.load_unrolled(model_file(m, task, args.models))
-            fns[m] = lambda ys, model=model: protocol.restore_unrolled(task, ys, model)
+            fns[m] = lambda ys, model=model, x8=m.endswith("-x8"): protocol.restore_unrolled(task, ys, model, x8=x8)
     return fns
 
 
@@ -236,7 +237,7 @@ def main(argv=None):
         "data": str(data),
         "seed": args.seed,
         "params": {m: params[m] for m in methods if m in params},
-        "models": {m: str(model_file(m, task, args.models)) for m in trained},
+        "models": {m: str(model_file(m, task, args.models)) for m in methods if m.removesuffix("-x8") in TRAINED},
         "seconds": seconds,
         "per_image": {m: dict(zip(names, scores[m])) for m in methods},
     }

@@ -332,8 +332,8 @@ def _cmd_restore(args) -> int:
         _positive(getattr(args, name), f"--{name}")
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
-    if args.x8 and args.method != "pnp-admm":
-        raise ValueError(f"--x8 (the denoiser's self-ensemble) works with --method pnp-admm, not {args.method}")
+    if args.x8 and args.method not in ("pnp-admm", "suppa"):
+        raise ValueError(f"--x8 (the denoiser's self-ensemble) works with --method pnp-admm or suppa, not {args.method}")
     if args.method in ("pnp-admm", "suppa"):
         return _restore_admm(args)
     if args.scale is not None:
@@ -394,11 +394,11 @@ def _pnp(op, y, net, noise, sigma_max, sigma_min, lam, *, denoiser, num_iters):
                              sigma_min=sigma_min, lam=lam), 0.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _suppa(config, graphdef, params, op, y):
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("x8",))
+def _suppa(config, graphdef, params, op, y, *, x8: bool = False):
     from jaxrestore.models.unrolled import solve
 
-    x, info = solve(config, graphdef, params, jax.tree.map(lambda a: a[None], op), y[None])
+    x, info = solve(config, graphdef, params, jax.tree.map(lambda a: a[None], op), y[None], x8=x8)
     return jnp.clip(x[0], 0.0, 1.0), info
 
 
@@ -468,7 +468,7 @@ def _restore_admm(args) -> int:
         config, graphdef, params, meta = unrolled.load(path)
         _say(f"{config.mode} model {path.name} (trained for {meta.get('task', '?')}); "
              + (f"{config.iterations} iterations" if config.mode == "explicit" else f"fixed point to tol {config.tol:g}, "
-                f"at most {config.max_iters} iterations"))
+                f"at most {config.max_iters} iterations") + (", x8 self-ensemble" if args.x8 else ""))
     rows = []
     with _progress(len(inputs), is_folder, "restore") as bar:
         for src, dst, ref in zip(inputs, outputs, refs):
@@ -491,7 +491,7 @@ def _restore_admm(args) -> int:
                          num_iters=int(settings["num_iters"]))
                 note = f"noise std {sigma:.4g} ({how})"
             else:
-                x, info = _suppa(config, graphdef, params, op, jnp.asarray(y))
+                x, info = _suppa(config, graphdef, params, op, jnp.asarray(y), x8=args.x8)
                 if not bool(info.finite):
                     raise ValueError(f"{src}: the {config.mode} iteration produced non-finite values after "
                                      f"{int(info.iterations)} iterations (is the model meant for this forward model?)")
@@ -687,8 +687,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lam", type=float, help="regularisation weight (default: see above)")
     r.add_argument("--delta", type=float, help="VAR: TV smoothing delta (default: see above)")
     r.add_argument("--iterations", type=int, metavar="N", help="VAR: number of iterations (default: see above)")
-    r.add_argument("--x8", action="store_true", help="pnp-admm: average the denoiser over the 8 rotations/flips of "
-                   "the image (DPIR's self-ensemble; 8x slower, about +0.1 dB on deblurring)")
+    r.add_argument("--x8", action="store_true", help="pnp-admm, suppa: average the denoiser over the 8 rotations/flips "
+                   "of the image in every iteration (DPIR's self-ensemble; 8x slower, about +0.1 dB on deblurring)")
     r.add_argument("--reference", metavar="GT",
                    help="ground truth (image, or folder with the same names) to print PSNR and SSIM against")
     r.set_defaults(run=_cmd_restore)

@@ -74,6 +74,21 @@ def test_suppa_model_reports_iterations(files, tmp_path, capsys):
     assert "jfb model" in text and "iterations, residual" in text
 
 
+def test_suppa_x8_uses_the_self_ensemble(files, tmp_path, capsys):
+    out = tmp_path / "sr8.png"
+    assert cli.main(["restore", str(files / "lr.png"), "-o", str(out), "--method", "suppa", "--scale", "2",
+                     "--weights", str(files / "jfb.npz"), "--x8"]) == 0
+    assert "x8 self-ensemble" in capsys.readouterr().out
+    config, graphdef, params, _ = unrolled.load(files / "jfb.npz")
+    op = Downsample.from_kernel(kernels.bicubic(2, antialias=False), (24, 24), 2)
+    y = jnp.asarray(load_image(files / "lr.png"))[None]
+    ref, _ = unrolled.solve(config, graphdef, params, jax.tree.map(lambda a: a[None], op), y, x8=True)
+    plain, _ = unrolled.solve(config, graphdef, params, jax.tree.map(lambda a: a[None], op), y)
+    expected = np.round(np.clip(np.asarray(ref[0]), 0, 1) * 255) / 255
+    np.testing.assert_allclose(load_image(out), expected, atol=1.5 / 255)
+    assert np.abs(np.asarray(ref) - np.asarray(plain)).max() > 1e-3  # the ensemble changed the result
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--method", "pnp-admm"], "give the blur"),
     (["--method", "pnp-admm", "--scale", "5"], "--scale must be 2, 3 or 4"),
@@ -82,7 +97,7 @@ def test_suppa_model_reports_iterations(files, tmp_path, capsys):
     (["--method", "pnp-admm", "--kernel-shape", "gaussian:1", "--weights", "/nonexistent.npz"], "cannot load DRUNet"),
     # no x3 model ships: the error names the config that trains one
     (["--method", "suppa", "--scale", "3"], "jaxrestore train suppa/explicit-sr3"),
-    (["--method", "suppa", "--scale", "2", "--x8"], "--x8 (the denoiser's self-ensemble) works with --method pnp-admm"),
+    (["--method", "var", "--preset", "gaussA", "--x8"], "--x8 (the denoiser's self-ensemble) works with --method pnp-admm or suppa"),
 ])
 def test_admm_errors_are_one_line(files, tmp_path, capsys, argv, match):
     assert cli.main(["restore", str(files / "lr.png"), "-o", str(tmp_path / "x.png"), *argv]) == 2

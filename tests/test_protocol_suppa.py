@@ -194,7 +194,7 @@ def test_restore_unrolled_and_plot_with_a_tiny_explicit_model(folders, tmp_path,
     from flax import nnx
 
     from jaxrestore.models import unrolled
-    from jaxrestore.models.drunet import DRUNetConfig, create
+    from jaxrestore.models.drunet import DRUNetConfig, create, self_ensemble
     from jaxrestore.solvers import ADMMParams, admm, run
 
     data, _, _ = folders
@@ -217,9 +217,16 @@ def test_restore_unrolled_and_plot_with_a_tiny_explicit_model(folders, tmp_path,
     ref = run(admm(op, den), jnp.asarray(y), schedule).x
     np.testing.assert_allclose(ours, np.asarray(ref), atol=1e-5)
     assert np.abs(ours - suppa.restore_bicubic("sr2", [y])[0]).max() > 1e-3  # the iterations did something
+    # x8: the same schedule with the denoiser's self-ensemble in every iteration
+    ours8 = suppa.restore_unrolled("sr2", [y], tmp_path / "suppa_explicit_sr2.npz", x8=True)[0]
+    ref8 = run(admm(op, self_ensemble(den)), jnp.asarray(y), schedule).x
+    np.testing.assert_allclose(ours8, np.asarray(ref8), atol=1e-5)
+    assert np.abs(ours8 - ours).max() > 1e-4  # a random tiny DRUNet is not equivariant
 
     png = tmp_path / "traj.png"
-    res = suppa_table.main(["--task", "sr2", "--data", str(data), "--methods", "unrolled", "--models", str(tmp_path),
-                            "--plot", str(png), "--iterations", "4", "--plot-images", "1"])
+    res = suppa_table.main(["--task", "sr2", "--data", str(data), "--methods", "unrolled,unrolled-x8", "--models",
+                            str(tmp_path), "--plot", str(png), "--iterations", "4", "--plot-images", "1"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res["models"]["unrolled"].endswith("suppa_explicit_sr2.npz") and res["paper"]["unrolled"] == 34.87
+    assert res["models"]["unrolled-x8"] == res["models"]["unrolled"] and res["paper"]["unrolled-x8"] is None
+    assert res["psnr"]["unrolled-x8"] != res["psnr"]["unrolled"]

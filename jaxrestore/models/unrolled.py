@@ -33,7 +33,7 @@ from flax import nnx
 
 from jaxrestore.fixed_point import (Anderson, FixedPointInfo, Implicit, JacobianFree, Picard, fixed_point,
                                     relative_residual)
-from jaxrestore.models.drunet import SMALL, DRUNet, DRUNetConfig
+from jaxrestore.models.drunet import SMALL, DRUNet, DRUNetConfig, self_ensemble
 from jaxrestore.solvers.admm import ADMMParams, ADMMState, admm_map, initial_estimate
 
 Mode = Literal["explicit", "deq", "jfb", "suppa"]
@@ -107,17 +107,19 @@ def convergence_rate(params) -> jax.Array:
     return jnp.exp(params["log1p_lambda"]) - 1.0
 
 
-def _denoiser(graphdef):
+def _denoiser(graphdef, x8: bool = False):
     def denoiser(net, v, sigma):
         return nnx.merge(graphdef, net)(v, sigma)
 
-    return denoiser
+    return self_ensemble(denoiser) if x8 else denoiser
 
 
-def batch_map(graphdef, ops, y):
+def batch_map(graphdef, ops, y, x8: bool = False):
     """``f(admm_params, state) -> state``: one ADMM iteration on a batch (``ops`` and ``y``
-    carry a leading batch axis; ``state`` is a batched ``ADMMState(x, u)``)."""
-    den = _denoiser(graphdef)
+    carry a leading batch axis; ``state`` is a batched ``ADMMState(x, u)``). ``x8``: the
+    denoiser is its geometric self-ensemble (:func:`jaxrestore.models.drunet.self_ensemble`,
+    eight calls per iteration), an inference-time option."""
+    den = _denoiser(graphdef, x8)
 
     def f(p: ADMMParams, state: ADMMState) -> ADMMState:
         return jax.vmap(lambda op, yy, s: admm_map(op, den, yy)(p, s))(ops, y, state)
@@ -135,9 +137,9 @@ def _fixed_params(params) -> ADMMParams:
     return ADMMParams(params["net"], sigma[0], rho[0])
 
 
-def _unroll(graphdef, params, ops, y, num_iters: int, trace=None, unroll: bool = False):
+def _unroll(graphdef, params, ops, y, num_iters: int, trace=None, unroll: bool = False, x8: bool = False):
     """``num_iters`` iterations with per-iteration ``(sigma_k, rho_k)`` (explicit mode)."""
-    f = batch_map(graphdef, ops, y)
+    f = batch_map(graphdef, ops, y, x8)
     sigma, rho = sigma_rho(params)
 
     def body(state, sr):
@@ -148,20 +150,21 @@ def _unroll(graphdef, params, ops, y, num_iters: int, trace=None, unroll: bool =
 
 
 def solve(config: UnrolledConfig, graphdef, params, ops, y, *, max_iters: int | None = None, tol: float | None = None,
-          adjoint=None, anderson: bool = False):
+          adjoint=None, anderson: bool = False, x8: bool = False):
     """Restore a batch ``y`` ``(N, h, w, C)`` with per-image operators ``ops``. Returns ``(x,
     info)``: ``explicit`` runs its ``iterations`` (info reports them); the other modes iterate
     to ``tol`` (default ``config.tol``) or ``max_iters`` (default ``config.max_iters``), with
-    Anderson acceleration if asked, differentiated by ``adjoint`` (default: the mode's own)."""
+    Anderson acceleration if asked, differentiated by ``adjoint`` (default: the mode's own).
+    ``x8``: use the denoiser's geometric self-ensemble in every iteration (8x the cost)."""
     if config.mode == "explicit":
-        state, _ = _unroll(graphdef, params, ops, y, config.iterations, unroll=config.unroll)
+        state, _ = _unroll(graphdef, params, ops, y, config.iterations, unroll=config.unroll, x8=x8)
         n = jnp.asarray(config.iterations)
         return state.x, FixedPointInfo(n, jnp.asarray(jnp.nan), jnp.asarray(True), jnp.all(jnp.isfinite(state.x)))
     if adjoint is None:
         adjoint = {"deq": Implicit("anderson", tol=config.backward_tol, max_iters=config.backward_max_iters, m=5,
                                    unroll=config.unroll),
                    "jfb": JacobianFree(), "suppa": JacobianFree()}[config.mode]
-    f = batch_map(graphdef, ops, y)
+    f = batch_map(graphdef, ops, y, x8)
     state, info = fixed_point(f, _fixed_params(params), initial_state(ops, y), adjoint=adjoint,
                               forward=Anderson(m=5) if anderson else Picard(),
                               tol=config.tol if tol is None else tol, max_iters=config.max_iters if max_iters is None else max_iters)

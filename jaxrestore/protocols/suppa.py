@@ -249,11 +249,11 @@ def _batched(op):
     return jax.tree.map(lambda a: a[None], op)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _unrolled_one(config, graphdef, params, op, y):
+@partial(jax.jit, static_argnums=(0, 1), static_argnames=("x8",))
+def _unrolled_one(config, graphdef, params, op, y, *, x8: bool = False):
     from jaxrestore.models.unrolled import solve
 
-    x, _ = solve(config, graphdef, params, _batched(op), y[None])
+    x, _ = solve(config, graphdef, params, _batched(op), y[None], x8=x8)
     return x[0]
 
 
@@ -267,13 +267,14 @@ def load_unrolled(model):
     return tuple(model)[:3]
 
 
-def restore_unrolled(task: str, ys, model) -> list[np.ndarray]:
+def restore_unrolled(task: str, ys, model, *, x8: bool = False) -> list[np.ndarray]:
     """A trained SUPPA / explicit / DEQ / JFB model (``model``: path or ``(config, graphdef,
     params)``) on each image, as a batch of one with a batched operator
     (:func:`jaxrestore.models.unrolled.solve`: explicit runs its iterations, the others iterate to
-    the model's tolerance)."""
+    the model's tolerance). ``x8``: the denoiser's self-ensemble in every iteration."""
     config, graphdef, params = load_unrolled(model)
-    return [np.asarray(_unrolled_one(config, graphdef, params, observation_operator(task, y), jnp.asarray(y, jnp.float32)))
+    return [np.asarray(_unrolled_one(config, graphdef, params, observation_operator(task, y), jnp.asarray(y, jnp.float32),
+                                     x8=x8))
             for y in ys]
 
 
