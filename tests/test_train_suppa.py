@@ -46,7 +46,7 @@ def _raw(folders, mode_, **over):
            "schedule": {"batch_size": 2, "steps": 4, "validate_every": 2, "log_every": 1, "lr": 1e-3},
            "checkpoint": {"every": 2, "keep": 3}, "seed": 0}
     for k, v in over.items():
-        raw[k] = {**raw[k], **v} if isinstance(v, dict) else v
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
     return raw
 
 
@@ -96,10 +96,27 @@ def test_resume_equals_uninterrupted(folders, tmp_path):
     ({"schedule": {"lr": -1}}, "lr"),
     ({"schedule": {"lr": 1e-4, "lr_end": 1e-3}}, "must not exceed"),
     ({"schedule": {"lr_end": 0}}, "lr_end"),
+    ({"init": {"rho": 0.03, "lam": 1.0}}, "not both"),
+    ({"init": {"rho": 0}}, "init.rho"),
+    ({"mode": "explicit", "init": {"rho": 0.03}}, "fixed-point modes"),
 ])
 def test_config_errors(folders, over, match):
     with pytest.raises(ValueError, match=match):
         suppa_config_from_dict(_raw(folders, "jfb", **over))
+
+
+def test_init_rho_sets_the_fixed_point_rho(folders):
+    """init.rho gives the fixed-point modes' rho directly; without it rho = lam noise^2 / sigma^2."""
+    from jaxrestore.solvers.admm import SIGMA_FLOOR
+    from jaxrestore.train.suppa import initial_params
+
+    direct = suppa_config_from_dict(_raw(folders, "jfb", task="sr2", init={"sigma": 0.15, "rho": 0.03}))
+    _, params = initial_params(direct)
+    sigma, rho = unrolled.sigma_rho(params)
+    np.testing.assert_allclose([float(sigma[0]), float(rho[0])], [0.15, 0.03], rtol=1e-6)
+    by_lam = suppa_config_from_dict(_raw(folders, "jfb", task="sr2", init={"sigma": 0.15, "lam": 2.0}))
+    _, params = initial_params(by_lam)
+    np.testing.assert_allclose(float(unrolled.sigma_rho(params)[1][0]), 2.0 * SIGMA_FLOOR**2 / 0.15**2, rtol=1e-5)
 
 
 def test_lr_end_decays_the_denoiser_rate_only(folders, tmp_path):

@@ -10,7 +10,7 @@ Schema (every key optional unless marked; unknown keys are errors)::
     model: {iterations: 6, max_iters: 50, tol: 1.0e-3, backward_tol: 1.0e-4, backward_max_iters: 50, unroll: false}
     init: {sigma: 0.03, lam: 0.23, sigma_max: 0.19}
         # explicit: DPIR's schedule (sigma_max -> noise, rho = lam noise^2 / sigma^2) over the iterations;
-        # other modes: one sigma and rho = lam noise^2 / sigma^2
+        # other modes: one sigma and rho = lam noise^2 / sigma^2, or init.rho given directly (not with lam)
     data: {train: ../shared/data/bsds500/train, val: ../shared/data/bsds500/val, crop: 128, val_crop: 128, val_limit: 8}
     schedule:
       batch_size: 16
@@ -82,6 +82,7 @@ class SuppaTrainConfig:
     seed: int
     out_dir: Path
     source: str = "<dict>"
+    init_rho: float | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
@@ -139,6 +140,14 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     m.done()
     i = top.sub("init")
     init_sigma, init_lam, init_sigma_max = i.positive_float("sigma", 0.03), i.positive_float("lam", 0.23), i.positive_float("sigma_max", 49 / 255)
+    init_rho = None
+    if i.has("rho"):
+        if mode == "explicit":
+            raise ValueError(f"{source}: 'init.rho' is for the fixed-point modes (deq, jfb, suppa); explicit's rho_k "
+                             "follow the schedule of init.lam")
+        if i.has("lam"):
+            raise ValueError(f"{source}: give 'init.rho' or 'init.lam', not both")
+        init_rho = i.positive_float("rho")
     i.done()
     d = top.sub("data")
     train = d.raw("train", DEFAULT_TRAIN)
@@ -172,7 +181,7 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/suppa/{stem}").expanduser().resolve()
     return SuppaTrainConfig(mode, task, denoiser, model, init_sigma, init_lam, init_sigma_max, train, val, crop, val_crop,
                             val_limit, checkpoint_every=every, checkpoint_keep=keep, seed=seed, out_dir=out, source=source,
-                            **sched)
+                            init_rho=init_rho, **sched)
 
 
 def load_suppa_config(path, *, out_dir=None) -> SuppaTrainConfig:
@@ -198,7 +207,7 @@ def initial_params(config: SuppaTrainConfig):
         sigma, rho = np.asarray(sched.sigma), np.asarray(sched.rho)
     else:
         sigma = config.init_sigma
-        rho = config.init_lam * noise**2 / sigma**2
+        rho = config.init_rho if config.init_rho is not None else config.init_lam * noise**2 / sigma**2
     return graphdef, strong(unrolled.init_params(config.model, net, sigma, rho))
 
 
