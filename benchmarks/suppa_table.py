@@ -146,7 +146,7 @@ def plot_trajectories(task, gts, ys, models: dict, num_iters: int, path, pnp_psn
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     it = np.arange(1, num_iters + 1)
     for method, model in models.items():
-        curve = protocol.unrolled_trajectory(task, ys, gts, model, num_iters).mean(axis=0)
+        curve = protocol.unrolled_trajectory(task, ys, gts, model, num_iters, x8=method.endswith("-x8")).mean(axis=0)
         ax.plot(it, curve, label=f"{method} (last {curve[-1]:.2f} dB)")
     if pnp_psnr is not None:
         ax.axhline(pnp_psnr, color="k", ls="--", lw=0.8, label=f"PnP-ADMM final ({pnp_psnr:.2f} dB)")
@@ -209,7 +209,7 @@ def main(argv=None):
         fail(f"data folder not found: {data} (pass --data)")
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be >= 1, got {args.limit}")
-    trained = [m for m in methods if m in TRAINED]
+    trained = [m for m in methods if m.removesuffix("-x8") in TRAINED]
     if args.plot and not trained:
         fail(f"--plot needs a trained method in --methods ({', '.join(TRAINED)})")
     if args.iterations < 1 or args.plot_images < 1:
@@ -237,7 +237,7 @@ def main(argv=None):
         "data": str(data),
         "seed": args.seed,
         "params": {m: params[m] for m in methods if m in params},
-        "models": {m: str(model_file(m, task, args.models)) for m in methods if m.removesuffix("-x8") in TRAINED},
+        "models": {m: str(model_file(m, task, args.models)) for m in trained},
         "seconds": seconds,
         "per_image": {m: dict(zip(names, scores[m])) for m in methods},
     }

@@ -98,6 +98,7 @@ def test_resume_equals_uninterrupted(folders, tmp_path):
     ({"schedule": {"lr_end": 0}}, "lr_end"),
     ({"init": {"rho": 0.03, "lam": 1.0}}, "not both"),
     ({"init": {"rho": 0}}, "init.rho"),
+    ({"init": {"rh0": 0.03}}, "rho"),  # a typo's error lists rho among the known keys
     ({"mode": "explicit", "init": {"rho": 0.03}}, "fixed-point modes"),
 ])
 def test_config_errors(folders, over, match):
@@ -117,6 +118,9 @@ def test_init_rho_sets_the_fixed_point_rho(folders):
     by_lam = suppa_config_from_dict(_raw(folders, "jfb", task="sr2", init={"sigma": 0.15, "lam": 2.0}))
     _, params = initial_params(by_lam)
     np.testing.assert_allclose(float(unrolled.sigma_rho(params)[1][0]), 2.0 * SIGMA_FLOOR**2 / 0.15**2, rtol=1e-5)
+    assert direct.init_lam is None and by_lam.init_rho is None
+    # runs recorded before init.rho existed keep their identity (and resume)
+    assert "init_rho" not in by_lam.run_identity() and direct.run_identity()["init_rho"] == 0.03
 
 
 def test_lr_end_decays_the_denoiser_rate_only(folders, tmp_path):

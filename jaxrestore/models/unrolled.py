@@ -171,10 +171,10 @@ def solve(config: UnrolledConfig, graphdef, params, ops, y, *, max_iters: int | 
     return state.x, info
 
 
-def trajectory(config: UnrolledConfig, graphdef, params, ops, y, num_iters: int, x_gt=None):
+def trajectory(config: UnrolledConfig, graphdef, params, ops, y, num_iters: int, x_gt=None, x8: bool = False):
     """Every iterate ``x_1 .. x_num_iters`` (no tolerance): for the PSNR-per-iteration plot.
     Explicit mode repeats its last ``(sigma, rho)`` past ``config.iterations``. With ``x_gt``,
-    returns the per-iteration mean PSNR instead of the iterates."""
+    returns the per-iteration mean PSNR instead of the iterates. ``x8`` as in :func:`solve`."""
     from jaxrestore.metrics import psnr
 
     def score(state):
@@ -188,8 +188,8 @@ def trajectory(config: UnrolledConfig, graphdef, params, ops, y, num_iters: int,
         sigma = jnp.concatenate([sigma, jnp.repeat(sigma[-1:], pad)])[:num_iters]
         rho = jnp.concatenate([rho, jnp.repeat(rho[-1:], pad)])[:num_iters]
         params = dict(params, log_sigma=jnp.log(sigma), log_rho=jnp.log(rho))
-        return _unroll(graphdef, params, ops, y, num_iters, score)[1]
-    f = batch_map(graphdef, ops, y)
+        return _unroll(graphdef, params, ops, y, num_iters, score, x8=x8)[1]
+    f = batch_map(graphdef, ops, y, x8)
     p = _fixed_params(params)
 
     def body(state, _):

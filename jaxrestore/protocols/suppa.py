@@ -278,19 +278,20 @@ def restore_unrolled(task: str, ys, model, *, x8: bool = False) -> list[np.ndarr
             for y in ys]
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
-def _trajectory_one(config, graphdef, num_iters, params, op, y, gt):
+@partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("x8",))
+def _trajectory_one(config, graphdef, num_iters, params, op, y, gt, *, x8: bool = False):
     from jaxrestore.models.unrolled import trajectory
 
-    return trajectory(config, graphdef, params, _batched(op), y[None], num_iters, x_gt=gt[None])
+    return trajectory(config, graphdef, params, _batched(op), y[None], num_iters, x_gt=gt[None], x8=x8)
 
 
-def unrolled_trajectory(task: str, ys, gts, model, num_iters: int) -> np.ndarray:
+def unrolled_trajectory(task: str, ys, gts, model, num_iters: int, *, x8: bool = False) -> np.ndarray:
     """PSNR per iteration ``(len(ys), num_iters)`` of a trained model run for ``num_iters``
-    iterations without a tolerance (:func:`jaxrestore.models.unrolled.trajectory`)."""
+    iterations without a tolerance (:func:`jaxrestore.models.unrolled.trajectory`); ``x8``: with
+    the denoiser's self-ensemble."""
     config, graphdef, params = load_unrolled(model)
     return np.stack([np.asarray(_trajectory_one(config, graphdef, int(num_iters), params, observation_operator(task, y),
-                                                jnp.asarray(y, jnp.float32), jnp.asarray(g, jnp.float32)))
+                                                jnp.asarray(y, jnp.float32), jnp.asarray(g, jnp.float32), x8=x8))
                      for y, g in zip(ys, gts)])
 
 

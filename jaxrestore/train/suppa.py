@@ -62,7 +62,7 @@ class SuppaTrainConfig:
     denoiser: str
     model: unrolled.UnrolledConfig
     init_sigma: float
-    init_lam: float
+    init_lam: float | None  # None when init.rho is given
     init_sigma_max: float
     train: tuple[Path, ...]
     val: Path
@@ -95,6 +95,8 @@ class SuppaTrainConfig:
         d = self.to_dict()
         for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep"):
             d.pop(k)
+        if d["init_rho"] is None:  # runs recorded before init.rho existed resume unchanged
+            d.pop("init_rho")
         return d
 
     @property
@@ -141,13 +143,13 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     i = top.sub("init")
     init_sigma, init_lam, init_sigma_max = i.positive_float("sigma", 0.03), i.positive_float("lam", 0.23), i.positive_float("sigma_max", 49 / 255)
     init_rho = None
-    if i.has("rho"):
+    if i.raw("rho") is not None:
         if mode == "explicit":
             raise ValueError(f"{source}: 'init.rho' is for the fixed-point modes (deq, jfb, suppa); explicit's rho_k "
                              "follow the schedule of init.lam")
         if i.has("lam"):
             raise ValueError(f"{source}: give 'init.rho' or 'init.lam', not both")
-        init_rho = i.positive_float("rho")
+        init_rho, init_lam = i.positive_float("rho"), None
     i.done()
     d = top.sub("data")
     train = d.raw("train", DEFAULT_TRAIN)
