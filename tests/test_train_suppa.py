@@ -123,6 +123,31 @@ def test_init_rho_sets_the_fixed_point_rho(folders):
     assert "init_rho" not in by_lam.run_identity() and direct.run_identity()["init_rho"] == 0.03
 
 
+def test_init_model_continues_from_a_trained_model(folders, tmp_path):
+    """init.model starts a run from a trained model's parameters (not the denoiser's), and is
+    checked against the config's mode, iteration count and task."""
+    from jaxrestore.train.suppa import initial_params
+
+    first = train_suppa(suppa_config_from_dict(_raw(folders, "explicit"), out_dir=tmp_path / "first"), progress=False)
+    c = suppa_config_from_dict(_raw(folders, "explicit", init={"model": str(first.weights)}), out_dir=tmp_path / "next")
+    _, params = initial_params(c)
+    _, _, trained, _ = unrolled.load(first.weights)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(trained)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    fresh = initial_params(suppa_config_from_dict(_raw(folders, "explicit")))[1]
+    assert not np.array_equal(np.asarray(fresh["log_sigma"]), np.asarray(params["log_sigma"]))  # training moved them
+    assert c.run_identity()["init_model"] == str(first.weights.resolve())
+    assert train_suppa(c, max_steps=1, progress=False).steps == 1
+    w = str(first.weights)
+    for over, match in [({"mode": "jfb", "init": {"model": w}}, "trained in mode explicit"),
+                        ({"model": {"iterations": 3, "unroll": True}, "init": {"model": w}}, "needs 3"),
+                        ({"task": "sr2", "init": {"model": w}}, "trained for deblur"),
+                        ({"init": {"model": w, "sigma": 0.1}}, "drop init.sigma"),
+                        ({"init": {"model": str(tmp_path / "none.npz")}}, "not found")]:
+        with pytest.raises(ValueError, match=match):
+            suppa_config_from_dict(_raw(folders, "explicit", **over))
+
+
 def test_lr_end_decays_the_denoiser_rate_only(folders, tmp_path):
     """Without lr_end the denoiser's rate is constant (the paper's Adam); with lr_end < lr it follows
     a cosine from lr to lr_end over the run, seen in the first Adam step (whose update is -lr * sign

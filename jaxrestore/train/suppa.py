@@ -11,6 +11,7 @@ Schema (every key optional unless marked; unknown keys are errors)::
     init: {sigma: 0.03, lam: 0.23, sigma_max: 0.19}
         # explicit: DPIR's schedule (sigma_max -> noise, rho = lam noise^2 / sigma^2) over the iterations;
         # other modes: one sigma and rho = lam noise^2 / sigma^2, or init.rho given directly (not with lam)
+    # or init: {model: runs/suppa/explicit-sr2-long/suppa_explicit_sr2.npz}: continue from a trained model
     data: {train: ../shared/data/bsds500/train, val: ../shared/data/bsds500/val, crop: 128, val_crop: 128, val_limit: 8}
     schedule:
       batch_size: 16
@@ -50,7 +51,7 @@ from jaxrestore.models.drunet import load_weights as load_drunet
 from jaxrestore.protocols.suppa import TASKS, noise_std, task_operator
 from jaxrestore.solvers.admm import SIGMA_FLOOR, pnp_schedule
 from jaxrestore.train.common import TrainResult, cosine_lr, strong
-from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
+from jaxrestore.train.config import _REPO_ROOT, DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
 from jaxrestore.train.data import TrainImages, batched, step_keys
 from jaxrestore.train.loop import Cadence, Hooks, run_loop
 
@@ -83,20 +84,23 @@ class SuppaTrainConfig:
     out_dir: Path
     source: str = "<dict>"
     init_rho: float | None = None
+    init_model: Path | None = None  # start from this trained model instead of the denoiser
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         d["model"] = dataclasses.asdict(self.model)
         d["model"]["drunet"]["channels"] = list(self.model.drunet.channels)
         d["train"], d["val"], d["out_dir"] = [str(p) for p in self.train], str(self.val), str(self.out_dir)
+        d["init_model"] = None if self.init_model is None else str(self.init_model)
         return d
 
     def run_identity(self) -> dict:
         d = self.to_dict()
         for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep"):
             d.pop(k)
-        if d["init_rho"] is None:  # runs recorded before init.rho existed resume unchanged
-            d.pop("init_rho")
+        for k in ("init_rho", "init_model"):
+            if d[k] is None:  # runs recorded before these keys existed resume unchanged
+                d.pop(k)
         return d
 
     @property
@@ -141,6 +145,7 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
                             in_channels=drunet_cfg.get("in_channels", 3)))
     m.done()
     i = top.sub("init")
+    init_model = _init_model(i.raw("model"), i, mode, task, model, source)
     init_sigma, init_lam, init_sigma_max = i.positive_float("sigma", 0.03), i.positive_float("lam", 0.23), i.positive_float("sigma_max", 49 / 255)
     init_rho = None
     if i.raw("rho") is not None:
@@ -183,7 +188,37 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/suppa/{stem}").expanduser().resolve()
     return SuppaTrainConfig(mode, task, denoiser, model, init_sigma, init_lam, init_sigma_max, train, val, crop, val_crop,
                             val_limit, checkpoint_every=every, checkpoint_keep=keep, seed=seed, out_dir=out, source=source,
-                            init_rho=init_rho, **sched)
+                            init_rho=init_rho, init_model=init_model, **sched)
+
+
+def _init_model(value, reader, mode: str, task: str, model: unrolled.UnrolledConfig, source: str) -> Path | None:
+    """``init.model``: a trained ``suppa_<mode>_<task>.npz`` to continue from (its denoiser,
+    ``sigma``/``rho`` and ``lambda``), checked against this config's mode, iteration count and
+    DRUNet; it excludes the other ``init`` keys."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ValueError(f"{source}: 'init.model' must be a path to a trained suppa_<mode>_<task>.npz, got {value!r}")
+    others = [k for k in ("sigma", "lam", "rho", "sigma_max") if reader.has(k)]
+    if others:
+        raise ValueError(f"{source}: 'init.model' sets sigma and rho itself; drop init.{', init.'.join(others)}")
+    p = Path(value).expanduser()
+    if not p.is_absolute() and not p.is_file() and (_REPO_ROOT / p).is_file():
+        p = _REPO_ROOT / p
+    if not p.is_file():
+        raise ValueError(f"{source}: 'init.model' not found: {value}")
+    got, _, _, meta = unrolled.load(p)
+    if got.mode != mode:
+        raise ValueError(f"{source}: 'init.model' {p.name} was trained in mode {got.mode}, this config trains {mode}")
+    if got.steps != model.steps:
+        raise ValueError(f"{source}: 'init.model' {p.name} has {got.steps} (sigma, rho) pairs, this config needs "
+                         f"{model.steps} (model.iterations)")
+    if got.drunet != model.drunet:
+        raise ValueError(f"{source}: 'init.model' {p.name} holds a different DRUNet ({got.drunet}) from the "
+                         f"denoiser's ({model.drunet})")
+    if meta.get("task") not in (None, task):
+        raise ValueError(f"{source}: 'init.model' {p.name} was trained for {meta['task']}, this config is {task}")
+    return p.resolve()
 
 
 def load_suppa_config(path, *, out_dir=None) -> SuppaTrainConfig:
@@ -199,7 +234,11 @@ def load_suppa_config(path, *, out_dir=None) -> SuppaTrainConfig:
 
 
 def initial_params(config: SuppaTrainConfig):
-    """``(graphdef, params)``: the pretrained denoiser and the initial ``(sigma, rho)``."""
+    """``(graphdef, params)``: the pretrained denoiser and the initial ``(sigma, rho)``, or the
+    trained model of ``init.model``."""
+    if config.init_model is not None:
+        _, graphdef, params, _ = unrolled.load(config.init_model)
+        return graphdef, strong(params)
     model = load_drunet(_denoiser_path(config.denoiser))
     graphdef, net = nnx.split(model)
     noise = max(noise_std(config.task), SIGMA_FLOOR)
