@@ -566,51 +566,59 @@ def _report_training(args, result, what: str) -> None:
     print(f"metrics: {result.metrics}; checkpoints: {result.out_dir / 'checkpoints'}")
     if result.weights is not None:
         print(f"weights: {result.weights}")
-    else:
+    elif result.steps < result.total_steps:
         print(f"stopped before the end: continue with 'jaxrestore train {args.config} --out {result.out_dir} --resume'")
 
 
-def _cmd_train_denoiser(args, path) -> int:
-    from jaxrestore.train.denoiser import load_denoiser_config, train_denoiser
+def _train_denoiser(raw, path, args, kw):
+    from jaxrestore.train.denoiser import denoiser_config_from_dict, train_denoiser
 
-    c = load_denoiser_config(path, out_dir=args.out)
+    c = denoiser_config_from_dict(raw, source=str(path), out_dir=args.out)
     _say(f"DRUNet denoiser: channels {list(c.model.channels)} x {c.model.blocks} blocks, crop {c.crop}, batch {c.batch_size}, "
          f"{c.steps} steps, sigma = {c.sigma_max:g} u^{c.sigma_power:g} / 255 (u uniform in [0, 1]); output {c.out_dir}")
-    result = train_denoiser(c, resume=True if args.resume else None, max_steps=args.max_steps)
-    best = "n/a" if result.best_val_psnr is None else f"mean PSNR {result.best_val_psnr:.2f} dB over sigma {list(c.val_sigmas)}"
-    _report_training(args, result, best)
-    return 0
+    result = train_denoiser(c, **kw)
+    return result, "n/a" if result.best_val_psnr is None else f"mean PSNR {result.best_val_psnr:.2f} dB over sigma {list(c.val_sigmas)}"
 
 
-def _cmd_train(args) -> int:
-    from jaxrestore.train import build_phases, config_from_dict, train_irestnet  # training glue: loaded on demand
-    from jaxrestore.train.config import read_config
+def _train_suppa(raw, path, args, kw):
+    from jaxrestore.train.suppa import suppa_config_from_dict, train_suppa
 
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-    path, kind, raw = read_config(args.config)
-    if kind == "denoiser":
-        return _cmd_train_denoiser(args, path)
-    if kind == "suppa":
-        from jaxrestore.train.suppa import cli_train_suppa
+    c = suppa_config_from_dict(raw, source=str(path), out_dir=args.out)
+    _say(f"PnP-ADMM {c.mode} training on {c.task}: denoiser {c.denoiser}, crop {c.crop}, batch {c.batch_size}, "
+         f"{c.steps} steps; output {c.out_dir}")
+    result = train_suppa(c, **kw)
+    return result, "n/a" if result.best_val_psnr is None else f"PSNR {result.best_val_psnr:.2f} dB"
 
-        return cli_train_suppa(args, path, _say, _report_training)
+
+def _train_irestnet(raw, path, args, kw):
+    from jaxrestore.train import build_phases, config_from_dict, train_irestnet
+
     config = config_from_dict({k: v for k, v in raw.items() if k != "kind"}, source=str(path), out_dir=args.out)
     m, s = config.model, config.schedule
     total = build_phases(config)[-1].end
     lpp = f"Lpp {m.lpp_features} features ({m.lpp_residual} residual)" if m.use_lpp else "no Lpp"
     _say(f"iRestNet {config.preset}: K {m.num_layers} (greedy {s.greedy_layers}), {lpp}, crop {config.data.crop}, "
          f"batch {s.batch_size}, {total} steps; output {config.out_dir}")
-    result = train_irestnet(config, resume=True if args.resume else None, max_steps=args.max_steps)
-    minutes = result.elapsed / 60.0
-    print(f"\nsteps {result.steps} of {result.total_steps}; training time {minutes:.1f} min (all sessions)")
-    if result.best_step is not None:
-        print(f"best validation (final stage): loss {result.best_val_loss:.4f}, SSIM {result.best_val_ssim:.4f} at step {result.best_step}")
-    print(f"metrics: {result.metrics}; checkpoints: {result.out_dir / 'checkpoints'}")
-    if result.weights is not None:
-        print(f"weights: {result.weights}")
-    else:
-        print(f"stopped before the end: continue with 'jaxrestore train {args.config} --out {result.out_dir} --resume'")
+    result = train_irestnet(config, **kw)
+    what = "n/a" if result.best_val_loss is None else f"loss {result.best_val_loss:.4f}, SSIM {result.best_val_ssim:.4f} (final stage)"
+    return result, what
+
+
+_TRAINERS = {"denoiser": _train_denoiser, "suppa": _train_suppa, "irestnet": _train_irestnet}
+
+
+def _cmd_train(args) -> int:
+    from jaxrestore.train.config_reader import apply_overrides, read_config  # training glue: loaded on demand
+    from jaxrestore.train.parallel import initialize_distributed
+
+    initialize_distributed()  # before anything touches a device; only when the JAX_* variables are set
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    path, kind, raw = read_config(args.config)
+    raw = apply_overrides(raw, train_dirs=args.train_dir, val_dir=args.val_dir, log_every=args.log_every, devices=args.devices)
+    kw = dict(resume=True if args.resume else None, max_steps=args.max_steps)
+    result, what = _TRAINERS[kind](raw, path, args, kw)
+    _report_training(args, result, what)
     return 0
 
 
@@ -727,6 +735,15 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="require a checkpoint to continue from (without it, one is used when present)")
     t.add_argument("--max-steps", type=int, metavar="N",
                    help="stop once the global step reaches N (a checkpoint is written; continue with --resume)")
+    t.add_argument("--train-dir", metavar="DIR", action="append",
+                   help="training images (repeat for several folders): replaces the config's data.train")
+    t.add_argument("--val-dir", metavar="DIR", help="validation images: replaces the config's data.val")
+    t.add_argument("--log-every", type=int, metavar="N",
+                   help="write a metrics.jsonl record every N steps (default: the config's schedule.log_every)")
+    t.add_argument("--devices", type=int, metavar="N",
+                   help="data-parallel over the first N visible devices (default: the config's mesh.devices, else all); "
+                        "the batch size must divide by N. Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES "
+                        "and JAX_PROCESS_ID (see the README)")
     t.set_defaults(run=_cmd_train)
     return parser
 

@@ -51,7 +51,7 @@ def test_train_stop_resume_and_summary(data, tmp_path, capsys):
     code, stdout, err = run_cli(capsys, "train", cfg, "--out", out, "--resume")
     assert code == 0, err
     assert f"steps {TOTAL_STEPS} of {TOTAL_STEPS}" in stdout
-    assert "best validation (final stage)" in stdout
+    assert "best validation: loss " in stdout and "(final stage)" in stdout
     weights = out / "irestnet_gaussA.npz"
     assert f"weights: {weights}" in stdout
     assert load_weights(weights).config.num_layers == 3

@@ -49,10 +49,16 @@ class TrainResult:
     best_val_psnr: float | None = None
 
 
-def check_run_identity(config, resuming: bool) -> None:
+def check_run_identity(config, resuming: bool, *, write: bool = True) -> None:
+    """Refuse to resume a run folder started with another config; record this run's config
+    (``config.json``) unless ``write`` is false (processes other than the first of a multi-process run).
+    A folder with checkpoints but no ``config.json`` is refused too: nothing says what made them."""
     path = config.out_dir / "config.json"
     identity = config.run_identity()
-    if resuming and path.is_file():
+    if resuming and not path.is_file():
+        raise ValueError(f"{config.out_dir} holds checkpoints but no config.json saying which config made them; "
+                         "use another --out, or restore its config.json")
+    if resuming:
         try:
             previous = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -61,6 +67,8 @@ def check_run_identity(config, resuming: bool) -> None:
             diff = sorted(k for k in identity if previous.get("run", {}).get(k) != identity[k])
             raise ValueError(f"{config.out_dir} holds a run with a different config (differs in: {', '.join(diff) or 'format'}); "
                              "use another --out, or the config it was started with")
+    if not write:
+        return
     with atomic_open(path, "w") as f:
         json.dump({"run": identity, "config": config.to_dict()}, f, indent=2)
         f.write("\n")

@@ -23,30 +23,27 @@ Schema (every key optional unless marked; unknown keys are errors)::
         last:   {lr: 1.0e-3, epochs: 600, decay_every: 50}
     loss: {l1_weight: 0.0}               # -SSIM (the paper) + l1_weight * mean |x - x_true|
     checkpoint: {every: 120, keep: 3}     # periodic orbax checkpoints every N steps, newest kept
+    mesh: {devices: null}                # data-parallel over N devices (default: all visible; --devices N)
     seed: 0
     out_dir: runs/irestnet/gaussA        # default runs/irestnet/<config file name>
 
-Relative data paths are looked up from the current directory first, then from the repository
-root (the folder holding ``jaxrestore/``), so the defaults work from a checkout next to
-``../shared``. ``out_dir`` is relative to the current directory.
+Relative data paths are looked up next to the config file, then from the current directory, then
+from the repository root (the folder holding ``jaxrestore/``), so the defaults work from a checkout
+next to ``../shared`` (:mod:`jaxrestore.train.config_reader`). ``out_dir`` is relative to the
+current directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
-
 from jaxrestore.models.irestnet import IRestNetConfig
-from jaxrestore.presets import configs_dir, load_preset
+from jaxrestore.presets import load_preset
+from jaxrestore.train.config_reader import (DEFAULT_TRAIN, DEFAULT_VAL, TRAIN_FOLDERS, Reader, find_config, mesh_devices,
+                                            read_config, resolve_folder)
 
 STAGES = ("first", "greedy", "last")
-DEFAULT_TRAIN = "../shared/data/bsds500/train"
-DEFAULT_VAL = "../shared/data/bsds500/val"
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +110,7 @@ class TrainConfig:
     out_dir: Path
     source: str = "<dict>"
     loss: LossConfig = LossConfig()
+    devices: int | None = None  # the data-parallel mesh (None: all visible devices); not part of the run's identity
 
     def irestnet_config(self) -> IRestNetConfig:
         m = self.model
@@ -145,105 +143,11 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-class _Reader:
-    """Typed access to one mapping of the YAML file with unknown-key checks."""
-
-    def __init__(self, mapping, where: str, source: str):
-        if mapping is None:
-            mapping = {}
-        if not isinstance(mapping, Mapping):
-            raise ValueError(f"{source}: '{where}' must be a mapping, got {type(mapping).__name__}")
-        self.m, self.where, self.source, self.used = dict(mapping), where, source, set()
-
-    def _name(self, key):
-        return f"{self.where}.{key}" if self.where else key
-
-    def _error(self, key, what):
-        return ValueError(f"{self.source}: '{self._name(key)}' {what}")
-
-    def has(self, key):
-        return key in self.m
-
-    def raw(self, key, default=None):
-        self.used.add(key)
-        return self.m.get(key, default)
-
-    def integer(self, key, default=None, *, minimum=None, optional=False):
-        v = self.raw(key, default)
-        if v is None:
-            if optional:
-                return None
-            raise self._error(key, "is required")
-        if isinstance(v, bool) or not isinstance(v, int):
-            if isinstance(v, float) and v.is_integer():
-                v = int(v)
-            else:
-                raise self._error(key, f"must be an integer, got {v!r}")
-        if minimum is not None and v < minimum:
-            raise self._error(key, f"must be >= {minimum}, got {v}")
-        return v
-
-    def positive_float(self, key, default=None, *, allow_zero: bool = False):
-        v = self.raw(key, default)
-        if v is None:
-            raise self._error(key, "is required")
-        try:  # PyYAML reads "1e-3" (no dot) as a string
-            f = float(v) if not isinstance(v, bool) else math.nan
-        except (TypeError, ValueError):
-            f = math.nan
-        if not (math.isfinite(f) and (f > 0 or (allow_zero and f == 0))):
-            raise self._error(key, f"must be a finite number {'>=' if allow_zero else '>'} 0, got {v!r}")
-        return f
-
-    def decaying_lr(self, default_lr, end_default=None) -> tuple[float, float]:
-        """``(lr, lr_end)`` from keys ``lr`` and ``lr_end``: ``lr_end`` defaults to
-        ``end_default(lr)`` (constant rate if ``end_default`` is None) and may not exceed ``lr``."""
-        lr = self.positive_float("lr", default_lr)
-        lr_end = self.positive_float("lr_end", lr if end_default is None else end_default(lr))
-        if lr_end > lr:
-            raise self._error("lr_end", f"({lr_end:g}) must not exceed '{self._name('lr')}' ({lr:g}); the rate decays")
-        return lr, lr_end
-
-    def boolean(self, key, default):
-        v = self.raw(key, default)
-        if not isinstance(v, bool):
-            raise self._error(key, f"must be true or false, got {v!r}")
-        return v
-
-    def choice(self, key, default, choices):
-        v = self.raw(key, default)
-        if v not in choices:
-            raise self._error(key, f"must be one of {', '.join(choices)}, got {v!r}")
-        return v
-
-    def sub(self, key):
-        return _Reader(self.raw(key), self._name(key), self.source)
-
-    def done(self):
-        unknown = sorted(set(self.m) - self.used, key=str)
-        if unknown:
-            allowed = ", ".join(sorted(self.used, key=str))
-            where = f"in '{self.where}'" if self.where else "at the top level"
-            raise ValueError(f"{self.source}: unknown key '{self._name(unknown[0])}' {where} (expected one of: {allowed})")
-
-
-def _resolve_folder(value, what: str, source: str, base: Path | None) -> Path:
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise ValueError(f"{source}: '{what}' must be a folder path, got {value!r}")
-    p = Path(value).expanduser()
-    candidates = [p] if p.is_absolute() else [b / p for b in ([base] if base else []) + [Path.cwd(), _REPO_ROOT]]
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise ValueError(f"{source}: '{what}' folder not found: {value} (looked in {tried})")
-
-
 def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None) -> TrainConfig:
     """Validate a configuration mapping (the parsed YAML). ``out_dir`` overrides the file's;
     ``base_dir``, if given, is tried first for relative data paths."""
-    base = Path(base_dir) if base_dir is not None else None
-    top = _Reader(raw, "", source)
+    base = Path(base_dir) if base_dir is not None else (Path(source).resolve().parent if source != "<dict>" else None)
+    top = Reader(raw, "", source, base)
     preset_name = top.raw("preset")
     if not isinstance(preset_name, str) or not preset_name:
         raise ValueError(f"{source}: 'preset' is required (a preset name such as gaussA, or a preset YAML path)")
@@ -253,14 +157,11 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
         raise ValueError(f"{source}: {e}") from None
 
     d = top.sub("data")
-    train = d.raw("train", DEFAULT_TRAIN)
-    train = [train] if isinstance(train, (str, Path)) else train
-    if not isinstance(train, list) or not train:
-        raise ValueError(f"{source}: 'data.train' must be a folder or a non-empty list of folders")
+    train = d.folders("train", DEFAULT_TRAIN)
     crop = d.integer("crop", 256, minimum=8)
     data = DataConfig(
-        train=tuple(_resolve_folder(t, "data.train", source, base) for t in train),
-        val=_resolve_folder(d.raw("val", DEFAULT_VAL), "data.val", source, base),
+        train=train,
+        val=d.folder("val", DEFAULT_VAL),
         crop=crop,
         val_crop=d.integer("val_crop", crop, minimum=8),
         val_limit=d.integer("val_limit", None, minimum=1, optional=True),
@@ -316,6 +217,7 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
     c.done()
 
     seed = top.integer("seed", 0, minimum=0)
+    devices = mesh_devices(top)
     file_out = top.raw("out_dir")
     if file_out is not None and not isinstance(file_out, (str, Path)):
         raise ValueError(f"{source}: 'out_dir' must be a path, got {file_out!r}")
@@ -323,49 +225,12 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
     stem = Path(source).stem if source != "<dict>" else "run"
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/irestnet/{stem}").expanduser()
     return TrainConfig(preset=preset_name, data=data, model=model, schedule=schedule, checkpoint=checkpoint,
-                       seed=seed, out_dir=out.resolve(), source=source, loss=loss)
-
-
-TRAIN_FOLDERS = ("irestnet", "denoiser", "suppa")
-
-
-def find_config(name_or_path) -> Path:
-    """A YAML path, or the name of a bundled config: ``cpu-gaussA`` (looked up in
-    ``configs/irestnet``, ``configs/denoiser`` and ``configs/suppa`` in that order) or
-    ``denoiser/small``."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise ValueError(f"training config not found: {p}")
-        return p
-    root = configs_dir()
-    for folder in TRAIN_FOLDERS:
-        cand = root / f"{name_or_path}.yaml" if "/" in str(name_or_path) else root / folder / f"{name_or_path}.yaml"
-        if cand.is_file():
-            return cand
-    names = sorted(f"{q.parent.name}/{q.stem}" for folder in TRAIN_FOLDERS for q in (root / folder).glob("*.yaml"))
-    raise ValueError(f"training config not found: {name_or_path} (bundled configs: {', '.join(names) or 'none'})")
-
-
-def read_config(name_or_path) -> tuple[Path, str, dict]:
-    """``(path, kind, raw mapping)`` of a training config; ``kind`` is the YAML's ``kind`` key
-    (``irestnet`` when absent, ``denoiser``, or ``suppa``)."""
-    path = find_config(name_or_path)
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a training config must be a mapping, got {type(raw).__name__}")
-    kind = raw.get("kind", "irestnet")
-    if kind not in TRAIN_FOLDERS:
-        raise ValueError(f"{path}: unknown 'kind' {kind!r} (expected one of: {', '.join(TRAIN_FOLDERS)})")
-    return path, kind, raw
+                       seed=seed, out_dir=out.resolve(), source=source, loss=loss, devices=devices)
 
 
 def load_config(name_or_path, *, out_dir=None) -> TrainConfig:
-    """Read and validate an iRestNet training config (a YAML path or a bundled config name)."""
+    """Read and validate an iRestNet training config (a YAML path or a bundled config name).
+    The reading itself (key and type checks, folders) is :mod:`jaxrestore.train.config_reader`'s."""
     path, kind, raw = read_config(name_or_path)
     if kind != "irestnet":
         raise ValueError(f"{path}: a {kind} config, not an iRestNet one")
@@ -374,5 +239,5 @@ def load_config(name_or_path, *, out_dir=None) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "DataConfig", "ModelConfig", "ScheduleConfig", "StageConfig", "CheckpointConfig",
-           "STAGES", "config_from_dict", "load_config", "find_config", "read_config",
+           "STAGES", "config_from_dict", "load_config", "find_config", "read_config", "resolve_folder",
            "TRAIN_FOLDERS"]

@@ -23,6 +23,7 @@ Schema (every key optional; unknown keys are errors)::
       log_every: 10
     loss: l1                             # l1 (DRUNet's choice) or l2
     checkpoint: {every: 5000, keep: 3}
+    mesh: {devices: null}                # data-parallel over N devices (default: all visible; --devices N)
     seed: 0
     out_dir: runs/denoiser/<config name>
 
@@ -47,16 +48,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 
 from jaxrestore.data import ImageFolder
 from jaxrestore.metrics import psnr
 from jaxrestore.models.drunet import DRUNetConfig, create, save_weights
 from jaxrestore.train.common import TrainResult, cosine_lr, strong
-from jaxrestore.train.config import DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
+from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, load_yaml, mesh_devices, top_reader
 from jaxrestore.train.data import TrainImages, step_keys
-from jaxrestore.train.loop import Cadence, Hooks, run_loop
+from jaxrestore.train.loop import Cadence, Run, Stage, run_stages
+from jaxrestore.train.parallel import DataParallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,7 @@ class DenoiserTrainConfig:
     name: str = "run"
     source: str = "<dict>"
     sigma_power: float = 1.0   # sigma = sigma_max * u**sigma_power
+    devices: int | None = None  # the data-parallel mesh (None: all visible devices)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("source",)}
@@ -96,13 +98,13 @@ class DenoiserTrainConfig:
     def run_identity(self) -> dict:
         """What a resumed run must agree on (not the folder, logging or checkpoint cadence)."""
         d = self.to_dict()
-        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "name"):
+        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "name", "devices"):
             d.pop(k)
         return d
 
 
 def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> DenoiserTrainConfig:
-    top = _Reader(raw, "", source)
+    top = top_reader(raw, source)
     kind = top.raw("kind", "denoiser")
     if kind != "denoiser":
         raise ValueError(f"{source}: 'kind' must be denoiser here, got {kind!r}")
@@ -114,12 +116,7 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     model = DRUNetConfig(channels=tuple(channels), blocks=m.integer("blocks", 4, minimum=0))
     m.done()
     d = top.sub("data")
-    train = d.raw("train", DEFAULT_TRAIN)
-    train = [train] if isinstance(train, (str, Path)) else train
-    if not isinstance(train, list) or not train:
-        raise ValueError(f"{source}: 'data.train' must be a folder or a non-empty list of folders")
-    train = tuple(_resolve_folder(t, "data.train", source, None) for t in train)
-    val = _resolve_folder(d.raw("val", DEFAULT_VAL), "data.val", source, None)
+    train, val = d.folders("train", DEFAULT_TRAIN), d.folder("val", DEFAULT_VAL)
     crop = d.integer("crop", 128, minimum=model.multiple)
     val_crop = d.integer("val_crop", 256, minimum=model.multiple)
     val_limit = d.integer("val_limit", 8, minimum=1, optional=True)
@@ -144,22 +141,18 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     every, keep = c.integer("every", validate_every, minimum=1), c.integer("keep", 3, minimum=1)
     c.done()
     seed = top.integer("seed", 0, minimum=0)
+    devices = mesh_devices(top)
     file_out = top.raw("out_dir")
     top.done()
     name = Path(source).stem if source != "<dict>" else "run"
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/denoiser/{name}").expanduser().resolve()
     return DenoiserTrainConfig(model, train, val, crop, val_crop, val_limit, float(sigma_max), tuple(float(v) for v in val_sigmas),
                                batch_size, steps, lr, lr_end, validate_every, log_every, loss, every, keep, seed, out, name,
-                               source, float(sigma_power))
+                               source, float(sigma_power), devices)
 
 
 def load_denoiser_config(path, *, out_dir=None) -> DenoiserTrainConfig:
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    return denoiser_config_from_dict(raw, source=str(path), out_dir=out_dir)
+    return denoiser_config_from_dict(load_yaml(path), source=str(path), out_dir=out_dir)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -214,11 +207,13 @@ def _denoise_psnr(params, x, y, sigma, *, graphdef):
 
 
 def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, max_steps: int | None = None,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, devices: int | None = None) -> TrainResult:
     """Train as ``config`` says, writing to ``config.out_dir``: ``metrics.jsonl``,
     ``checkpoints/periodic``, ``checkpoints/best`` and, once complete, ``drunet_<name>.npz``.
-    ``resume`` and ``max_steps`` as in :func:`jaxrestore.train.irestnet.train_irestnet`."""
+    ``resume`` and ``max_steps`` as in :func:`jaxrestore.train.loop.run_stages`; ``devices``
+    (default ``config.devices``, else all visible) spans the data-parallel mesh."""
     c = config
+    par = DataParallel.create(devices if devices is not None else c.devices, batch_size=c.batch_size)
     graphdef, params = nnx.split(create(c.model, c.seed))
     params = strong(params)
     tx = make_optimizer(c)
@@ -232,7 +227,7 @@ def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, m
     lr = make_lr(c)
 
     def step(params, opt_state, i):
-        x = jnp.asarray(images.batch(key[0], i, c.batch_size))
+        x = par.shard(images.batch(key[0], i, c.batch_size))
         params, opt_state, loss = train_step(params, opt_state, x, key[0], np.uint32(i), graphdef=graphdef, tx=tx,
                                              sigma_max=c.sigma_max / 255.0, sigma_power=c.sigma_power, loss=c.loss)
         return params, opt_state, loss, {}
@@ -247,15 +242,15 @@ def train_denoiser(config: DenoiserTrainConfig, *, resume: bool | None = None, m
         mean = float(np.mean(list(scores.values())))
         return mean, {**scores, "val_psnr": mean}
 
-    def export(params, best_step, best_score, elapsed):
-        meta = {"step": best_step, "val_psnr": best_score, "val_sigmas": list(c.val_sigmas), "val_crop": c.val_crop,
+    def export(params, best_step, best_fields, elapsed):
+        meta = {"step": best_step, "val_psnr": best_fields and best_fields["val_psnr"], "val_sigmas": list(c.val_sigmas), "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
         return save_weights(nnx.merge(graphdef, params), c.out_dir / f"drunet_{c.name}.npz", meta)
 
-    hooks = Hooks(step=step, validate=validate, export=export, fields=lambda params, i: {"lr": float(lr(i - 1))})
-    cadence = Cadence(c.steps, c.validate_every, c.log_every, c.checkpoint_every, c.checkpoint_keep)
-    return run_loop(c, cadence, params, tx.init(params), hooks, resume=resume, max_steps=max_steps, progress=progress,
-                    desc="denoiser")
+    stage = Stage("denoiser", c.steps, enter=lambda params: (params, tx.init(params)), step=step, validate=validate,
+                  validate_every=c.validate_every, fields=lambda params, i: {"lr": float(lr(i - 1))})
+    run = Run(export=export, cadence=Cadence(c.log_every, c.checkpoint_every, c.checkpoint_keep), parallel=par, desc="denoiser")
+    return run_stages(c, [stage], params, run, resume=resume, max_steps=max_steps, progress=progress)
 
 
 __all__ = ["DenoiserTrainConfig", "denoiser_config_from_dict", "load_denoiser_config", "train_denoiser", "train_step",

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -37,7 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm import tqdm
 
 from jaxrestore.losses import ssim_l1_loss, ssim_same
 from jaxrestore.metrics import ssim
@@ -46,12 +43,11 @@ from jaxrestore.models.irestnet_io import save_weights
 from jaxrestore.noise import estimate_sigma
 from jaxrestore.operators import Blur
 from jaxrestore.presets import load_preset
-from jaxrestore.train.checkpoint import CheckpointStore
+from jaxrestore.train.common import TrainingDiverged, TrainResult, strong as _strong
 from jaxrestore.train.config import TrainConfig
 from jaxrestore.train.data import TrainImages, ValidationSet, batched, degrade, step_keys, validation_set
-from jaxrestore.train.common import TrainingDiverged, TrainResult, strong as _strong
-from jaxrestore.train.common import check_run_identity as _check_run_identity
-from jaxrestore.train.log import MetricsLog
+from jaxrestore.train.loop import Cadence, Run, Stage, run_stages
+from jaxrestore.train.parallel import DataParallel
 
 LR_DECAY = 0.9
 
@@ -299,220 +295,110 @@ def init_optimizer(params: dict, phase: Phase):
 # ----------------------------------------------------------------------------- the run
 
 
-class _Run:
-    """State and bookkeeping of one training run (see :func:`train_irestnet`)."""
+class _Setup:
+    """What one training run reads once: the preset, the network's static half and initial
+    parameters, the training images, the validation set and the batched operators."""
 
-    def __init__(self, config: TrainConfig):
-        self.config = config
-        c = config
-        self.out_dir = c.out_dir
+    def __init__(self, config: TrainConfig, par: DataParallel):
+        c = self.config = config
         self.preset = load_preset(c.preset)
         kernel = np.asarray(self.preset.kernel(), np.float32)
         self.noise = ("std", float(self.preset.noise_std)) if self.preset.noise_std is not None else ("range", *map(float, self.preset.noise_range))
         self.phases = build_phases(c)
-        self.total = self.phases[-1].end
         model = IRestNet(c.irestnet_config(), rngs=nnx.Rngs(c.seed))
         self.net, self.params = Net.split(model)
         self.key = jax.random.split(jax.random.key(c.seed))  # (train, validation)
-        self.rng = jax.random.key_data(self.key[0])
         self.images = TrainImages(c.data.train, c.data.crop)
-        nk = dict(_noise_kwargs(self.noise))
         self.val: ValidationSet = validation_set(c.data.val, c.data.val_crop, c.data.val_limit, kernel, self.preset.convention,
-                                                 self.key[1], **nk)
+                                                 self.key[1], **_noise_kwargs(self.noise))
         b = c.schedule.batch_size
-        self.ops = batched(Blur.from_kernel(jnp.asarray(kernel), (c.data.crop,) * 2, self.preset.convention), b)
+        self.ops = par.shard(batched(Blur.from_kernel(jnp.asarray(kernel), (c.data.crop,) * 2, self.preset.convention), b))
         self.val_chunk = min(b, len(self.val.x))
         self.val_ops = batched(Blur.from_kernel(jnp.asarray(kernel), (c.data.val_crop,) * 2, self.preset.convention), self.val_chunk)
-        ckpt = self.out_dir / "checkpoints"
-        self.periodic = CheckpointStore(ckpt / "periodic", max_to_keep=c.checkpoint.keep)
-        self.best = CheckpointStore(ckpt / "best", max_to_keep=1)
-        self.step = 0
-        self.opt_state = None
-        self.opt_phase = None
-        self.best_val = None  # (val_loss, val_ssim, step)
-        self.elapsed = 0.0
+        self.par = par
 
-    # -- checkpoints
-
-    def _ckpt_state(self):
-        state = {"params": self.params, "rng": self.rng}
-        if self.opt_state is not None:
-            state["opt"] = self.opt_state
-        return state
-
-    def _meta(self):
-        best = self.best_val
-        return {"phase": self.opt_phase, "elapsed": self.elapsed, "best_val_loss": best and best[0],
-                "best_val_ssim": best and best[1], "best_step": best and best[2]}
-
-    def save(self):
-        self.periodic.save(self.step, self._ckpt_state(), self._meta())
-
-    def restore(self, step: int):
-        meta = self.periodic.restore_meta(step)
-        phase = meta.get("phase")
-        template = {"params": self.params, "rng": self.rng}
-        if phase is not None:
-            if not (isinstance(phase, int) and 0 <= phase < len(self.phases)):
-                raise ValueError(f"cannot restore checkpoint {self.periodic.directory}/{step}: unknown phase {phase!r}")
-            template["opt"] = init_optimizer(self.params, self.phases[phase])
-        state, meta = self.periodic.restore(step, template)
-        if not np.array_equal(np.asarray(state["rng"]), np.asarray(self.rng)):
-            raise ValueError(f"cannot restore checkpoint {self.periodic.directory}/{step}: it was made with another seed")
-        self.params, self.opt_state, self.opt_phase = _strong(state["params"]), _strong(state.get("opt")), phase
-        self.step, self.elapsed = step, float(meta.get("elapsed") or 0.0)
-        if meta.get("best_step") is not None:
-            self.best_val = (meta["best_val_loss"], meta["best_val_ssim"], meta["best_step"])
-
-    # -- validation
-
-    def validate(self, phase: Phase) -> tuple[float, float]:
+    def validate(self, params, phase: Phase) -> tuple[float, dict]:
+        """``(score, fields)``: minus the training loss on the validation crops (per-image means
+        averaged: the crops have one size), and dm-pix's SSIM."""
         n, chunk = len(self.val.x), self.val_chunk
         same, pix, l1 = [], [], []
         for i in range(0, n, chunk):
             idx = np.arange(i, i + chunk) % n  # the last chunk is padded with the first images
             x, y = jnp.asarray(self.val.x[idx]), jnp.asarray(self.val.y[idx])
             if phase.stage == "last":
-                s, p, a = eval_model(self.params, y, x, self.val_ops, net=self.net)
+                s, p, a = eval_model(params, y, x, self.val_ops, net=self.net)
             else:
-                s, p, a = eval_layers(self.params["layers"], y, x, self.val_ops, np.int32(phase.layer + 1), net=self.net)
+                s, p, a = eval_layers(params["layers"], y, x, self.val_ops, np.int32(phase.layer + 1), net=self.net)
             keep = min(chunk, n - i)
             same.append(np.asarray(s)[:keep])
             pix.append(np.asarray(p)[:keep])
             l1.append(np.asarray(a)[:keep])
-        # the training loss on the validation crops (per-image means averaged: the crops have one size)
         loss = -float(np.mean(np.concatenate(same))) + self.config.loss.l1_weight * float(np.mean(np.concatenate(l1)))
-        return loss, float(np.mean(np.concatenate(pix)))
+        return -loss, {"val_loss": loss, "val_ssim": float(np.mean(np.concatenate(pix)))}
 
-    # -- one step
-
-    def train_step(self, phase: Phase):
-        x = jnp.asarray(self.images.batch(self.key[0], self.step, self.config.schedule.batch_size))
+    def step(self, params, opt_state, i: int, phase: Phase):
+        x = self.par.shard(self.images.batch(self.key[0], i, self.config.schedule.batch_size))
         kw = dict(net=self.net, noise=self.noise, l1_weight=self.config.loss.l1_weight)
-        args = (x, self.key[0], np.uint32(self.step), self.ops, np.float32(phase.lr), np.int32(phase.decay_steps))
+        args = (x, self.key[0], np.uint32(i), self.ops, np.float32(phase.lr), np.int32(phase.decay_steps))
         if phase.stage == "last":
-            self.params, self.opt_state, loss = last_step(self.params, self.opt_state, *args, first=phase.layer, **kw)
+            params, opt_state, loss = last_step(params, opt_state, *args, first=phase.layer, **kw)
         else:
-            layers, self.opt_state, loss = layer_step(self.params["layers"], self.opt_state, np.int32(phase.layer), *args, **kw)
-            self.params = dict(self.params, layers=layers)
-        self.step += 1
-        return loss
+            layers, opt_state, loss = layer_step(params["layers"], opt_state, np.int32(phase.layer), *args, **kw)
+            params = dict(params, layers=layers)
+        return params, opt_state, loss, {}
+
+    def stage(self, phase: Phase) -> Stage:
+        c, final = self.config, self.phases[-1]
+        layer = phase.output_layer(c.model.num_layers)
+
+        def enter(params):
+            params = enter_phase(params, phase)
+            return params, init_optimizer(params, phase)
+
+        return Stage(
+            name=f"{phase.stage} L{layer}", steps=phase.steps, enter=enter,
+            step=lambda params, opt_state, i: self.step(params, opt_state, i, phase),
+            validate=lambda params: self.validate(params, phase),
+            validate_every=c.schedule.validate_every * c.schedule.steps_per_epoch, select_best=phase is final,
+            fields=lambda params, step: {"stage": phase.stage, "layer": layer,
+                                         "lr": phase.learning_rate(step - 1 - phase.start)})
+
+    def export(self, params, step: int, best: dict | None, elapsed: float) -> Path:
+        """The best-validation model of the final phase (the last state if there is none)."""
+        model = self.net.build(params, self.config.seed)
+        c = self.config
+        meta = {"preset": c.preset, "convention": self.preset.convention, "step": step, "val_loss": best and best["val_loss"],
+                "val_ssim": best and best["val_ssim"], "val_crop": c.data.val_crop, "crop": c.data.crop,
+                "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
+        return save_weights(model, c.out_dir / f"irestnet_{c.preset}.npz", meta)
+
+
+def _postfix(record, last_val):
+    post = {"loss": f"{record['train_loss']:.4f}"}
+    if last_val:
+        post["val_ssim"] = f"{last_val['val_ssim']:.4f}"
+    return post
 
 
 def train_irestnet(config: TrainConfig, *, resume: bool | None = None, max_steps: int | None = None,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, devices: int | None = None) -> TrainResult:
     """Train iRestNet as ``config`` says, writing to ``config.out_dir``: ``metrics.jsonl``,
     ``checkpoints/periodic`` (every ``checkpoint.every`` steps and at the end), ``checkpoints/best``
     (lowest validation loss of the final phase) and, once training completes,
     ``irestnet_<preset>.npz`` (:func:`jaxrestore.models.irestnet_io.load_weights`).
 
-    ``resume``: ``None`` continues from the latest checkpoint when there is one, ``True``
-    requires one, ``False`` refuses to touch a folder that has one. ``max_steps``: stop once the
-    global step reaches it (a checkpoint is written there, so the run can be resumed)."""
+    Each phase is one :class:`~jaxrestore.train.loop.Stage` of the common loop
+    (:func:`~jaxrestore.train.loop.run_stages`, which documents ``resume`` and ``max_steps``);
+    ``devices`` (default ``config.devices``, else all visible) spans the data-parallel mesh."""
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"max_steps must be >= 0, got {max_steps}")
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(config)
-    latest = run.periodic.latest_step()
-    if latest is None and resume:
-        raise ValueError(f"cannot restore checkpoint from {run.periodic.directory}: no checkpoint found")
-    if latest is not None and resume is False:
-        raise ValueError(f"{config.out_dir} already holds checkpoints; resume the run or choose another output folder")
-    resuming = latest is not None
-    _check_run_identity(config, resuming)
-    if resuming:
-        run.restore(latest)
-    run.best.delete_after(run.step)  # a best checkpoint newer than the resumed step is in the discarded future
-    log = MetricsLog(config.out_dir / "metrics.jsonl", keep_until=run.step)
-    stop_at = run.total if max_steps is None else min(run.total, max_steps)
-    sched = config.schedule
-    val_interval = sched.validate_every * sched.steps_per_epoch
-    final = run.phases[-1]
-    t_session = time.perf_counter()
-    elapsed0 = run.elapsed
-    bar = tqdm(total=run.total, initial=run.step, file=sys.stderr, disable=None if progress else True, unit="step",
-               dynamic_ncols=True)
-    pending, last_val_ssim = [], None
-    try:
-        for phase in run.phases:
-            if run.step >= phase.end:
-                continue
-            if run.step >= stop_at:
-                break
-            if run.step == phase.start:
-                run.params = enter_phase(run.params, phase)
-                run.opt_state, run.opt_phase = init_optimizer(run.params, phase), phase.index
-            elif run.opt_phase != phase.index:
-                raise ValueError(f"cannot resume from the checkpoint of step {run.step}: it holds the optimizer of phase "
-                                 f"{run.opt_phase}, not of phase {phase.index} ({phase.stage}, layer {phase.layer})")
-            layer = phase.output_layer(config.model.num_layers)
-            bar.set_description(f"{phase.stage} L{layer}")
-            while run.step < min(phase.end, stop_at):
-                lr = phase.learning_rate(run.step - phase.start)
-                pending.append(run.train_step(phase))
-                local = run.step - phase.start
-                validate = local % val_interval == 0 or run.step == phase.end
-                checkpoint_now = run.step % config.checkpoint.every == 0 or run.step == stop_at
-                # a checkpoint step is also a logged step: its loss is checked for divergence before
-                # it is saved, and a run resumed from it logs what the uninterrupted run logs
-                if not (validate or checkpoint_now or run.step % sched.log_every == 0):
-                    bar.update()
-                    continue
-                run.elapsed = elapsed0 + time.perf_counter() - t_session
-                record = {"step": run.step, "stage": phase.stage, "layer": layer, "lr": lr,
-                          "train_loss": float(np.mean([float(v) for v in pending]))}
-                pending = []
-                if validate:
-                    val_loss, val_ssim = run.validate(phase)
-                    record.update(val_loss=val_loss, val_ssim=val_ssim)
-                    last_val_ssim = val_ssim
-                    if phase is final and (run.best_val is None or val_loss < run.best_val[0]):
-                        run.best_val = (val_loss, val_ssim, run.step)
-                        run.best.save(run.step, run.params, {"val_loss": val_loss, "val_ssim": val_ssim})
-                record["wall_time"] = round(run.elapsed, 3)
-                log.write(record)
-                if not np.isfinite(record["train_loss"]):
-                    raise TrainingDiverged(f"training loss is {record['train_loss']} at step {run.step} ({phase.stage}, layer {layer})")
-                post = {"loss": f"{record['train_loss']:.4f}"}
-                if last_val_ssim is not None:
-                    post["val_ssim"] = f"{last_val_ssim:.4f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update()
-                if checkpoint_now:
-                    run.save()
-        if run.step not in run.periodic.steps():
-            run.elapsed = elapsed0 + time.perf_counter() - t_session
-            run.save()
-    finally:
-        bar.close()
-        log.close()
-    completed = run.step >= run.total
-    weights = None
-    if completed:
-        weights = _export(run)
-    result = TrainResult(
-        out_dir=config.out_dir, steps=run.step, total_steps=run.total, completed=completed, weights=weights,
-        best_step=run.best_val and run.best_val[2], best_val_loss=run.best_val and run.best_val[0],
-        best_val_ssim=run.best_val and run.best_val[1], elapsed=run.elapsed, metrics=config.out_dir / "metrics.jsonl",
-    )
-    run.periodic.close()
-    run.best.close()
-    return result
-
-
-def _export(run: _Run) -> Path:
-    """Write the best-validation model of the final phase (the last state if there is none)."""
-    params, step = run.params, run.step
-    if run.best_val is not None:
-        template = {k: v for k, v in run.params.items()}
-        params, meta = run.best.restore(run.best_val[2], template)
-        step = meta["step"]
-    model = run.net.build(params, run.config.seed)
-    c = run.config
-    meta = {"preset": c.preset, "convention": run.preset.convention, "step": step, "val_loss": run.best_val and run.best_val[0],
-            "val_ssim": run.best_val and run.best_val[1], "val_crop": c.data.val_crop, "crop": c.data.crop,
-            "train_config": c.to_dict()}
-    return save_weights(model, c.out_dir / f"irestnet_{c.preset}.npz", meta)
+    c = config
+    par = DataParallel.create(devices if devices is not None else c.devices, batch_size=c.schedule.batch_size)
+    setup = _Setup(c, par)
+    run = Run(export=setup.export, cadence=Cadence(c.schedule.log_every, c.checkpoint.every, c.checkpoint.keep), parallel=par,
+              postfix=_postfix, extras={"rng": jax.random.key_data(setup.key[0])}, desc="irestnet")
+    return run_stages(c, [setup.stage(p) for p in setup.phases], setup.params, run, resume=resume, max_steps=max_steps,
+                      progress=progress)
 
 
 __all__ = ["Phase", "build_phases", "make_optimizer", "Net", "take_layer", "put_layer", "run_frozen", "forward",

@@ -23,6 +23,7 @@ Schema (every key optional unless marked; unknown keys are errors)::
       validate_every: 500
       log_every: 10
     checkpoint: {every: 500, keep: 3}
+    mesh: {devices: null}                # data-parallel over N devices (default: all visible; --devices N)
     seed: 0
     out_dir: runs/suppa/<config name>
 
@@ -41,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 
 from jaxrestore.data import ImageFolder
@@ -51,9 +51,10 @@ from jaxrestore.models.drunet import load_weights as load_drunet
 from jaxrestore.protocols.suppa import TASKS, noise_std, task_operator
 from jaxrestore.solvers.admm import SIGMA_FLOOR, pnp_schedule
 from jaxrestore.train.common import TrainResult, cosine_lr, strong
-from jaxrestore.train.config import _REPO_ROOT, DEFAULT_TRAIN, DEFAULT_VAL, _Reader, _resolve_folder
+from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, REPO_ROOT, load_yaml, mesh_devices, top_reader
 from jaxrestore.train.data import TrainImages, batched, step_keys
-from jaxrestore.train.loop import Cadence, Hooks, run_loop
+from jaxrestore.train.loop import Cadence, Run, Stage, run_stages
+from jaxrestore.train.parallel import DataParallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,7 @@ class SuppaTrainConfig:
     source: str = "<dict>"
     init_rho: float | None = None
     init_model: Path | None = None  # start from this trained model instead of the denoiser
+    devices: int | None = None  # the data-parallel mesh (None: all visible devices)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
@@ -96,7 +98,7 @@ class SuppaTrainConfig:
 
     def run_identity(self) -> dict:
         d = self.to_dict()
-        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep"):
+        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "devices"):
             d.pop(k)
         for k in ("init_rho", "init_model"):
             if d[k] is None:  # runs recorded before these keys existed resume unchanged
@@ -123,7 +125,7 @@ def _denoiser_path(name: str) -> Path:
 
 
 def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> SuppaTrainConfig:
-    top = _Reader(raw, "", source)
+    top = top_reader(raw, source)
     if top.raw("kind", "suppa") != "suppa":
         raise ValueError(f"{source}: 'kind' must be suppa here")
     mode = top.choice("mode", None, unrolled.MODES)
@@ -157,12 +159,7 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
         init_rho, init_lam = i.positive_float("rho"), None
     i.done()
     d = top.sub("data")
-    train = d.raw("train", DEFAULT_TRAIN)
-    train = [train] if isinstance(train, (str, Path)) else train
-    if not isinstance(train, list) or not train:
-        raise ValueError(f"{source}: 'data.train' must be a folder or a non-empty list of folders")
-    train = tuple(_resolve_folder(t, "data.train", source, None) for t in train)
-    val = _resolve_folder(d.raw("val", DEFAULT_VAL), "data.val", source, None)
+    train, val = d.folders("train", DEFAULT_TRAIN), d.folder("val", DEFAULT_VAL)
     crop = d.integer("crop", 128, minimum=16)
     val_crop = d.integer("val_crop", crop, minimum=16)
     val_limit = d.integer("val_limit", 8, minimum=1, optional=True)
@@ -182,13 +179,14 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     every, keep = c.integer("every", sched["validate_every"], minimum=1), c.integer("keep", 3, minimum=1)
     c.done()
     seed = top.integer("seed", 0, minimum=0)
+    devices = mesh_devices(top)
     file_out = top.raw("out_dir")
     top.done()
     stem = Path(source).stem if source != "<dict>" else f"{mode}-{task}"
     out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/suppa/{stem}").expanduser().resolve()
     return SuppaTrainConfig(mode, task, denoiser, model, init_sigma, init_lam, init_sigma_max, train, val, crop, val_crop,
                             val_limit, checkpoint_every=every, checkpoint_keep=keep, seed=seed, out_dir=out, source=source,
-                            init_rho=init_rho, init_model=init_model, **sched)
+                            init_rho=init_rho, init_model=init_model, devices=devices, **sched)
 
 
 def _init_model(value, reader, mode: str, task: str, model: unrolled.UnrolledConfig, source: str) -> Path | None:
@@ -203,8 +201,8 @@ def _init_model(value, reader, mode: str, task: str, model: unrolled.UnrolledCon
     if others:
         raise ValueError(f"{source}: 'init.model' sets sigma and rho itself; drop init.{', init.'.join(others)}")
     p = Path(value).expanduser()
-    if not p.is_absolute() and not p.is_file() and (_REPO_ROOT / p).is_file():
-        p = _REPO_ROOT / p
+    if not p.is_absolute() and not p.is_file() and (REPO_ROOT / p).is_file():
+        p = REPO_ROOT / p
     if not p.is_file():
         raise ValueError(f"{source}: 'init.model' not found: {value}")
     got, _, _, meta = unrolled.load(p)
@@ -222,12 +220,7 @@ def _init_model(value, reader, mode: str, task: str, model: unrolled.UnrolledCon
 
 
 def load_suppa_config(path, *, out_dir=None) -> SuppaTrainConfig:
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
-    return suppa_config_from_dict(raw, source=str(path), out_dir=out_dir)
+    return suppa_config_from_dict(load_yaml(path), source=str(path), out_dir=out_dir)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -293,26 +286,27 @@ def eval_batch(params, x, y, ops, *, model: unrolled.UnrolledConfig, graphdef):
 
 
 def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_steps: int | None = None,
-                progress: bool = True) -> TrainResult:
+                progress: bool = True, devices: int | None = None) -> TrainResult:
     """Train as ``config`` says, writing to ``config.out_dir`` ``metrics.jsonl``,
     ``checkpoints/`` and, once complete, ``suppa_<mode>_<task>.npz``. ``resume`` and
-    ``max_steps`` as in :func:`jaxrestore.train.irestnet.train_irestnet`. The starting point
-    (the pretrained denoiser) is validated too, so the export is never worse than it on the
-    validation crops."""
+    ``max_steps`` as in :func:`jaxrestore.train.loop.run_stages`, ``devices`` as in
+    :func:`jaxrestore.train.denoiser.train_denoiser`. The starting point (the pretrained
+    denoiser) is validated too, so the export is never worse than it on the validation crops."""
     c = config
+    par = DataParallel.create(devices if devices is not None else c.devices, batch_size=c.batch_size)
     graphdef, params = initial_params(c)
     tx = make_optimizer(c)
     key = jax.random.split(jax.random.key(c.seed))
     noise = float(noise_std(c.task))
     images = TrainImages(c.train, c.crop)
-    ops = batched(task_operator(c.task, (c.crop, c.crop)), c.batch_size)
+    ops = par.shard(batched(task_operator(c.task, (c.crop, c.crop)), c.batch_size))
     val_x = ImageFolder(c.val, crop=c.val_crop, limit=c.val_limit).stack().astype(np.float32)
     val_ops = batched(task_operator(c.task, (c.val_crop, c.val_crop)), 1)
     val_y = [np.asarray(degrade_batch(jax.random.fold_in(key[1], i), jnp.asarray(val_x[i:i + 1]), val_ops, noise))
              for i in range(len(val_x))]
 
     def step(params, opt_state, i):
-        x = jnp.asarray(images.batch(key[0], i, c.batch_size))
+        x = par.shard(images.batch(key[0], i, c.batch_size))
         params, opt_state, value, aux = train_step(params, opt_state, x, ops, key[0], np.uint32(i), model=c.model,
                                                    graphdef=graphdef, tx=tx, noise=noise)
         return params, opt_state, value, {"forward_iterations": aux["iterations"]}
@@ -336,28 +330,23 @@ def train_suppa(config: SuppaTrainConfig, *, resume: bool | None = None, max_ste
             out["lambda"] = float(unrolled.convergence_rate(params))
         return out
 
-    def export(params, best_step, best_score, elapsed):
-        meta = {"step": best_step, "val_psnr": best_score, "task": c.task, "mode": c.mode, "val_crop": c.val_crop,
+    def export(params, best_step, best_fields, elapsed):
+        meta = {"step": best_step, "val_psnr": best_fields and best_fields["val_psnr"], "task": c.task, "mode": c.mode, "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
         return unrolled.save(c.out_dir / f"suppa_{c.mode}_{c.task}.npz", c.model, graphdef, params, meta)
 
-    hooks = Hooks(step=step, validate=validate, export=export, fields=fields,
-                  postfix=lambda record: {"loss": f"{record['train_loss']:.2e}"})
-    cadence = Cadence(c.steps, c.validate_every, c.log_every, c.checkpoint_every, c.checkpoint_keep)
-    return run_loop(c, cadence, params, tx.init(params), hooks, resume=resume, max_steps=max_steps, progress=progress,
-                    desc=f"{c.mode} {c.task}", validate_first=True)
+    def postfix(record, last_val):
+        post = {"loss": f"{record['train_loss']:.2e}"}
+        if last_val:
+            post["val"] = f"{last_val['val_psnr']:.2f}"
+        return post
 
-
-def cli_train_suppa(args, path, say, report) -> int:
-    """``jaxrestore train`` for a ``kind: suppa`` config."""
-    c = load_suppa_config(path, out_dir=args.out)
-    say(f"PnP-ADMM {c.mode} training on {c.task}: denoiser {c.denoiser}, crop {c.crop}, batch {c.batch_size}, "
-        f"{c.steps} steps; output {c.out_dir}")
-    result = train_suppa(c, resume=True if args.resume else None, max_steps=args.max_steps)
-    best = "n/a" if result.best_val_psnr is None else f"PSNR {result.best_val_psnr:.2f} dB"
-    report(args, result, best)
-    return 0
+    stage = Stage(c.mode, c.steps, enter=lambda params: (params, tx.init(params)), step=step, validate=validate,
+                  validate_every=c.validate_every, fields=fields, desc=f"{c.mode} {c.task}")
+    run = Run(export=export, cadence=Cadence(c.log_every, c.checkpoint_every, c.checkpoint_keep), parallel=par,
+              postfix=postfix, validate_first=True)
+    return run_stages(c, [stage], params, run, resume=resume, max_steps=max_steps, progress=progress)
 
 
 __all__ = ["SuppaTrainConfig", "suppa_config_from_dict", "load_suppa_config", "initial_params", "net_lr", "make_optimizer",
-           "train_step", "eval_batch", "train_suppa", "cli_train_suppa"]
+           "train_step", "eval_batch", "train_suppa"]
