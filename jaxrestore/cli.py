@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from jaxrestore import __version__, kernels
 from jaxrestore._validation import check_kernel
+from jaxrestore.batch import KERNEL_SUM_TOL, WIENER_LAM_SCALE, iter_restore_batch
 from jaxrestore.data import IMAGE_EXTENSIONS, atomic_open, list_images, load_image, sample_image, save_image
 from jaxrestore.metrics import psnr, ssim
 from jaxrestore.noise import estimate_sigma
@@ -38,10 +39,7 @@ from jaxrestore.solvers import projected_gradient, run, wiener
 
 PROG = "jaxrestore"
 
-# Wiener default lam = WIENER_LAM_SCALE * sigma^2. Of {10, 30, 100, 300, 1000, 3000}, 100 gave
-# the best mean PSNR and SSIM on 8 BSDS500 validation images under each of the gaussA, gaussC,
-# motion and square presets (1/100 is roughly the per-pixel gradient variance of natural images).
-WIENER_LAM_SCALE = 100.0
+# Wiener default lam: WIENER_LAM_SCALE * sigma^2 (jaxrestore.batch says how it was chosen).
 
 COMPARISON_GAP = 4  # white pixels between the panels of the demo's comparison.png
 
@@ -334,6 +332,10 @@ def _cmd_restore(args) -> int:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
     if args.x8 and args.method not in ("pnp-admm", "suppa"):
         raise ValueError(f"--x8 (the denoiser's self-ensemble) works with --method pnp-admm or suppa, not {args.method}")
+    if args.chunk_size is not None and args.kernels is None:
+        raise ValueError("--chunk-size works with --kernels (one kernel per image)")
+    if args.kernels is not None:
+        return _restore_with_kernels(args)
     if args.method in ("pnp-admm", "suppa"):
         return _restore_admm(args)
     if args.scale is not None:
@@ -512,6 +514,106 @@ def _restore_admm(args) -> int:
     return 0
 
 
+KERNEL_EXTENSIONS = (".npy", ".png")
+_MAX_NAMED = 10  # missing kernels named in the error line
+
+
+def _kernel_files(kernel_dir: str, inputs: list[Path]) -> list[Path]:
+    """``KDIR/<stem>.npy`` or ``KDIR/<stem>.png`` for every input, checked for all of them at once."""
+    kdir = Path(kernel_dir)
+    if not kdir.is_dir():
+        raise ValueError(f"--kernels {kdir} is not a folder")
+    files, missing = [], []
+    for src in inputs:
+        found = [kdir / f"{src.stem}{ext}" for ext in KERNEL_EXTENSIONS if (kdir / f"{src.stem}{ext}").is_file()]
+        if len(found) > 1:
+            raise ValueError(f"{src.name} has two kernels, {found[0]} and {found[1]}; keep one")
+        if found:
+            files.append(found[0])
+        else:
+            missing.append(src.name)
+    if missing:
+        named = ", ".join(missing[:_MAX_NAMED]) + (f" and {len(missing) - _MAX_NAMED} more" if len(missing) > _MAX_NAMED else "")
+        raise ValueError(f"no kernel in {kdir} (<image stem>.npy or .png) for {len(missing)} of {len(inputs)} "
+                         f"image(s): {named}")
+    return files
+
+
+def _load_kernel_file(path: Path) -> np.ndarray:
+    """A ``.npy`` kernel, which must sum to 1, or a ``.png`` PSF image (channels averaged),
+    normalised to sum 1."""
+    if path.suffix == ".npy":
+        k = kernels.load_kernel(path)
+        if abs(k.sum() - 1.0) > KERNEL_SUM_TOL:
+            raise ValueError(f"kernel {path} sums to {k.sum():.6g}, not 1 (within {KERNEL_SUM_TOL:g}); normalise it "
+                             "(PNG PSF images are normalised automatically)")
+        return k
+    k = check_kernel(load_image(path, np.float64).mean(axis=-1), name=f"kernel {path}")
+    return k / k.sum()
+
+
+def _restore_with_kernels(args) -> int:
+    """``--kernels KDIR``: every image restored with its own kernel, by :func:`restore_batch`
+    (images of one size in chunks of ``--chunk-size``, one compiled call per chunk)."""
+    from jaxrestore.batch import METHODS
+
+    if args.method not in METHODS:
+        raise ValueError(f"--kernels works with --method {', '.join(METHODS)}, not {args.method}")
+    if args.scale is not None:
+        raise ValueError("--scale (super-resolution) does not work with --kernels")
+    if args.weights and args.method != "pnp-admm":
+        raise ValueError(f"--weights works with --method pnp-admm here, not {args.method}")
+    inputs, is_folder = _inputs(args.input)
+    outputs = _outputs(inputs, is_folder, args.output)
+    refs = _references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
+    files = _kernel_files(args.kernels, inputs)  # every kernel found before anything is loaded or computed
+    ks = [_load_kernel_file(p) for p in files]
+    psfs = sum(p.suffix == ".png" for p in files)
+    if psfs:
+        print(f"{PROG}: note: {psfs} PNG kernel(s) (PSF images) normalised to sum 1", file=sys.stderr)
+    ys = [load_image(p) for p in inputs]
+    gts = [None if r is None else load_image(r) for r in refs]
+    for src, ref, y, gt in zip(inputs, refs, ys, gts):
+        if gt is not None and gt.shape != y.shape:
+            raise ValueError(f"reference {ref} is {gt.shape[0]}x{gt.shape[1]} but {src} is {y.shape[0]}x{y.shape[1]}")
+    convention = args.convention or "convolution"
+    options = {"sigma": args.sigma, "lam": args.lam}
+    if args.method == "var":
+        options.update(delta=args.delta, iterations=args.iterations)
+    elif args.method == "pnp-admm":
+        options.update(iterations=args.iterations, x8=args.x8)
+        if args.weights:
+            from jaxrestore.models.drunet import as_denoiser, load_weights
+
+            options["denoiser"] = as_denoiser(load_weights(args.weights))
+    chunk = 8 if args.chunk_size is None else args.chunk_size
+    denoiser = ""
+    if args.method == "pnp-admm":
+        denoiser = f" (DRUNet: {f'weights {args.weights}' if args.weights else 'the shipped drunet_small'}" + \
+            (", x8 self-ensemble)" if args.x8 else ")")
+    _say(f"blur: one kernel per image from {args.kernels} ({len(files) - psfs} .npy, {psfs} .png), {convention}; "
+         f"method {args.method}{denoiser}; chunks of {chunk}")
+    how = "given" if args.sigma is not None else "estimated"
+    rows = {}
+    for i, x, info in iter_restore_batch(args.method, ys, ks, convention=convention, chunk_size=chunk,
+                                         progress=None if is_folder else False, names=[str(p) for p in inputs],
+                                         **options):
+        save_image(outputs[i], x)
+        noise = "" if info["sigma"] is None else f"noise std {info['sigma']:.4g} ({how}); "
+        params = f"lam {info['lam']:.3g}" + (f", delta {info['delta']:g}" if info["delta"] is not None else "") + \
+            (f", {info['iterations']} iterations" if info["iterations"] is not None else "")
+        _say(f"{outputs[i]}: kernel {files[i].name}; {noise}{args.method} {params}")
+        if gts[i] is not None:
+            rows[i] = [inputs[i].name, *(float(v) for v in _quality(jnp.asarray(ys[i]), gts[i])),
+                       *(float(v) for v in _quality(jnp.asarray(x), gts[i]))]
+    if rows:
+        rows = [rows[i] for i in sorted(rows)]
+        means = np.mean([r[1:] for r in rows], axis=0)
+        print(f"\nquality against --reference ({args.method}; float results clipped to [0, 1], before 8-bit rounding):")
+        print(_markdown(["image", "input PSNR", "input SSIM", "PSNR", "SSIM"], rows + [["mean", *means]]))
+    return 0
+
+
 def _markdown(header, rows) -> str:
     """A Markdown table; rows are ``[label, psnr, ssim, psnr, ssim, ...]``."""
     def fmt(i, v):
@@ -625,9 +727,10 @@ def _cmd_train(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_blur_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+def _add_blur_options(p: argparse.ArgumentParser, required: bool = True):
+    """Adds the blur options; returns their mutually exclusive group (restore adds --kernels)."""
     g = p.add_argument_group("blur (exactly one of --preset, --kernel, --kernel-shape)" if required else
-                             "blur (one of --preset, --kernel, --kernel-shape; optional with --scale)")
+                             "blur (one of --preset, --kernel, --kernel-shape, --kernels; optional with --scale)")
     m = g.add_mutually_exclusive_group(required=required)
     m.add_argument("--preset", metavar="NAME",
                    help=f"iRestNet setting: kernel, convention, noise and VAR parameters ({', '.join(list_presets())})")
@@ -641,6 +744,7 @@ def _add_blur_options(p: argparse.ArgumentParser, required: bool = True) -> None
     g.add_argument("--kernel-dir", metavar="DIR",
                    help="folder of kernel files for presets that need one (motion); "
                         "default $JAXRESTORE_KERNELS or ../shared/data/kernels")
+    return m
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -679,6 +783,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "pnp-admm: scaled ADMM with our DRUNet denoiser, DPIR's sigma schedule (--iterations, --lam).\n"
                     "suppa: a trained unrolled ADMM model (--weights suppa_<mode>_<task>.npz); fixed-point modes\n"
                     "  report their iterations and residual, and say when they did not converge.\n"
+                    "--kernels KDIR: each image with its own kernel KDIR/<stem>.npy or .png (var, wiener,\n"
+                    "  pnp-admm; no preset, so the parameters follow the noise level), all kernels checked first.\n"
                     "Results are clipped to [0, 1] and written as 8-bit images.")
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
@@ -690,7 +796,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    "trained model suppa_<mode>_<task>.npz (default: the shipped SUPPA model of the task)")
     r.add_argument("--scale", type=int, metavar="S", help="pnp-admm/suppa: super-resolution by S (2, 3, 4): the forward "
                    "model is the blur (default: bicubic without antialiasing) followed by S-fold decimation")
-    _add_blur_options(r, required=False)
+    _add_blur_options(r, required=False).add_argument(
+        "--kernels", metavar="KDIR", help="one kernel per image: KDIR/<image stem>.npy (summing to 1) or .png (a PSF "
+        "image, normalised to sum 1); methods var, wiener, pnp-admm, restored in batches (see --chunk-size)")
     r.add_argument("--sigma", type=float, metavar="S", help="noise std on the [0, 1] scale (default: see above)")
     r.add_argument("--lam", type=float, help="regularisation weight (default: see above)")
     r.add_argument("--delta", type=float, help="VAR: TV smoothing delta (default: see above)")
@@ -698,6 +806,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--x8", action="store_true", help="pnp-admm, suppa: average the denoiser over the 8 rotations/flips "
                    "of the image in every iteration (DPIR's self-ensemble; 8x slower; PnP deblurring +0.1 dB, the shipped x2 SR "
                    "model +0.2 dB on Set5)")
+    r.add_argument("--chunk-size", type=int, metavar="N", help="--kernels: images of one size restored per compiled "
+                   "call (default 8; rounded up to a multiple of the device count)")
     r.add_argument("--reference", metavar="GT",
                    help="ground truth (image, or folder with the same names) to print PSNR and SSIM against")
     r.set_defaults(run=_cmd_restore)
