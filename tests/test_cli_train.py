@@ -114,3 +114,42 @@ def test_help_lists_train(capsys):
     assert code == 0 and "train" in out
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0 and "--resume" in out and "--max-steps" in out
+
+
+def test_data_folders_and_log_cadence_from_the_command_line(data, tmp_path, capsys):
+    """--train-dir / --val-dir replace the config's folders (which need not exist), --log-every
+    its cadence; the run records the folders it used; a missing folder says how to point at one."""
+    raw = tiny_config_dict(tmp_path / "nowhere", tmp_path / "ignored")
+    raw["schedule"]["log_every"] = 100
+    cfg = tmp_path / "elsewhere.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    code, _, err = run_cli(capsys, "train", cfg, "--out", tmp_path / "bad", "--max-steps", 1)
+    assert_one_line_error(code, err, "'data.train' folder not found", "--train-dir")
+    extra = tmp_path / "more"
+    shutil.copytree(data / "train", extra)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", cfg, "--out", out, "--max-steps", 3, "--log-every", 1,
+                           "--train-dir", data / "train", "--train-dir", extra, "--val-dir", data / "val")
+    assert code == 0, err
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    recorded = yaml.safe_load((out / "config.json").read_text())["config"]["data"]
+    assert recorded["train"] == [str((data / "train").resolve()), str(extra.resolve())]
+    assert recorded["val"] == str((data / "val").resolve())
+    code, _, err = run_cli(capsys, "train", cfg, "--out", out, "--resume", "--max-steps", 4, "--log-every", 1,
+                           "--train-dir", data / "train", "--train-dir", extra, "--val-dir", data / "val")
+    assert code == 0 and f"resumed from step 3 of {TOTAL_STEPS}" in err
+    # another training folder is another run: refused, not mixed in
+    code, _, err = run_cli(capsys, "train", cfg, "--out", out, "--max-steps", 5, "--train-dir", data / "train",
+                           "--val-dir", data / "val")
+    assert_one_line_error(code, err, "different config", "data")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (("--devices", 2), "2 devices requested but only 1 are visible"),
+    (("--devices", 0), "--devices must be >= 1"),
+    (("--log-every", 0), "--log-every must be >= 1"),
+])
+def test_mesh_and_cadence_option_errors(data, tmp_path, capsys, argv, fragment):
+    cfg = write_config(tmp_path / "tiny.yaml", data, tmp_path / "out")
+    code, _, err = run_cli(capsys, "train", cfg, "--max-steps", 1, *argv)
+    assert_one_line_error(code, err, fragment)

@@ -67,7 +67,7 @@ class TrainImages:
         """``(batch, 3)`` rows ``(image index, top, left)`` of step ``step``. Drawn on the CPU
         (the same bits as on an accelerator): reading them back then does not wait for the
         accelerator to finish the previous training step."""
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]  # this process's own (a multi-process run sees all)
         with jax.default_device(cpu):
             args = jax.device_put((key, np.uint32(step), self.sizes), cpu)
             return np.asarray(_draw_crops(*args, batch=batch, crop=self.crop))

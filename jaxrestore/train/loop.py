@@ -160,6 +160,8 @@ def run_stages(config, stages: list[Stage], params, run: Run, *, resume: bool | 
             best = (best_score, best_step, best_fields)
         print(f"resumed from step {step} of {total} ({out_dir})", file=sys.stderr)
     best_store.delete_after(step)
+    if par.active and main:
+        print(f"data parallel: {par.describe()}, batch split along the 'data' axis", file=sys.stderr)
     log = MetricsLog(out_dir / "metrics.jsonl", keep_until=step) if main else None
 
     def write(record):
