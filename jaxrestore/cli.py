@@ -706,7 +706,21 @@ def _train_irestnet(raw, path, args, kw):
     return result, what
 
 
-_TRAINERS = {"denoiser": _train_denoiser, "suppa": _train_suppa, "irestnet": _train_irestnet}
+def _train_reg(raw, path, args, kw):
+    from jaxrestore.train.reg import reg_config_from_dict, train_reg
+
+    c = reg_config_from_dict(raw, source=str(path), out_dir=args.out)
+    g = c.g
+    _say(f"PnP-ReG: G {list(g.channels)} x {g.blocks} blocks with denoiser {c.denoiser} "
+         f"({'frozen' if c.freeze_denoiser else 'trained jointly'}), crop {c.crop}, batch {c.batch_size}, {c.steps} steps; "
+         f"output {c.out_dir}")
+    result = train_reg(c, **kw)
+    fields = result.best_fields or {}
+    return result, ("n/a" if "val_identity" not in fields else
+                    f"identity residual {fields['val_identity']:.4f}, denoiser PSNR {fields['val_psnr']:.2f} dB")
+
+
+_TRAINERS = {"denoiser": _train_denoiser, "suppa": _train_suppa, "irestnet": _train_irestnet, "reg": _train_reg}
 
 
 def _cmd_train(args) -> int:

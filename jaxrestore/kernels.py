@@ -22,6 +22,8 @@ from jaxrestore._validation import check_kernel
 def _pair(size) -> tuple[int, int]:
     if np.ndim(size) == 0:
         size = (size, size)
+    if any(isinstance(s, bool) or int(s) != s for s in size):
+        raise ValueError(f"kernel size must be whole numbers, got {size} (is the order of the arguments (size, std)?)")
     h, w = (int(s) for s in size)
     if h < 1 or w < 1:
         raise ValueError(f"kernel size must be positive, got {size}")

@@ -32,7 +32,9 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jaxrestore._validation import check_kernel
+import numpy as np
+
+from jaxrestore._validation import check_kernel, is_concrete
 
 Convention = Literal["convolution", "correlation"]
 _CONVENTIONS = ("convolution", "correlation")
@@ -113,12 +115,26 @@ class Inpaint:
 
     @classmethod
     def create(cls, mask) -> "Inpaint":
+        """From an ``(H, W)`` mask with values in ``[0, 1]`` (checked when concrete)."""
         mask = jnp.asarray(mask)
         if mask.ndim != 2:
             raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
         if not jnp.issubdtype(mask.dtype, jnp.floating):
             mask = mask.astype(jnp.result_type(float))  # float64 when x64 is enabled
+        if is_concrete(mask):
+            m = np.asarray(mask)
+            if not np.all(np.isfinite(m)) or m.min(initial=0.0) < 0 or m.max(initial=0.0) > 1:
+                raise ValueError(f"mask values must be finite and in [0, 1], got range [{np.nanmin(m):.3g}, {np.nanmax(m):.3g}]")
         return cls(mask)
+
+    @classmethod
+    def random(cls, key, shape, keep: float) -> "Inpaint":
+        """A Bernoulli mask keeping each pixel (all channels) with probability ``keep`` in
+        ``(0, 1]`` (PnP-ReG's inpainting setting keeps 20 % or 10 %)."""
+        if is_concrete(keep) and not (0.0 < float(keep) <= 1.0):
+            raise ValueError(f"keep must be in (0, 1], got {keep}")
+        hw = _image_hw(shape)
+        return cls.create(jax.random.bernoulli(key, keep, hw).astype(jnp.result_type(float)))
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -35,11 +35,14 @@ from jaxrestore._validation import check_image
 @dataclasses.dataclass(frozen=True)
 class DRUNetConfig:
     """Widths per scale (one entry per scale, each scale halves the resolution) and residual
-    blocks per scale; ``in_channels`` image channels (3 for RGB)."""
+    blocks per scale; ``in_channels`` image channels (3 for RGB). ``noise_map=False`` drops the
+    noise-level input channel: the network is then a plain image-to-image map (PnP-ReG's
+    regularising gradient ``G``, :mod:`jaxrestore.models.reg`) and ignores ``sigma``."""
 
     channels: tuple[int, ...] = (64, 128, 256, 512)
     blocks: int = 4
     in_channels: int = 3
+    noise_map: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -94,7 +97,7 @@ class DRUNet(nnx.Module):
     def __init__(self, config: DRUNetConfig = SMALL, *, rngs: nnx.Rngs):
         self.config = config
         c, nb = config.channels, config.blocks
-        self.head = _conv(config.in_channels + 1, c[0], rngs)
+        self.head = _conv(config.in_channels + int(config.noise_map), c[0], rngs)
         self.down = nnx.List([_Stage(c[i], nb, rngs=rngs) for i in range(len(c) - 1)])
         self.pool = nnx.List([nnx.Conv(c[i], c[i + 1], (2, 2), strides=(2, 2), padding="VALID", use_bias=False, rngs=rngs)
                               for i in range(len(c) - 1)])
@@ -104,16 +107,19 @@ class DRUNet(nnx.Module):
         self.up = nnx.List([_Stage(c[i], nb, rngs=rngs) for i in range(len(c) - 1)])
         self.tail = _conv(c[0], config.in_channels, rngs)
 
-    def __call__(self, x, sigma):
+    def __call__(self, x, sigma=None):
         single = x.ndim == 3
         if single:
             x = x[None]
         n, h, w, _ = x.shape
-        sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), (n,))
         m = self.config.multiple
         ph, pw = -h % m, -w % m
         v = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge") if ph or pw else x
-        v = jnp.concatenate([v, jnp.broadcast_to(sigma[:, None, None, None], v.shape[:3] + (1,))], axis=-1)
+        if self.config.noise_map:
+            if sigma is None:
+                raise ValueError("this DRUNet takes a noise level: call it as model(x, sigma)")
+            sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype).reshape(-1), (n,))
+            v = jnp.concatenate([v, jnp.broadcast_to(sigma[:, None, None, None], v.shape[:3] + (1,))], axis=-1)
         v = self.head(v)
         skips = [v]
         for stage, pool in zip(self.down, self.pool):

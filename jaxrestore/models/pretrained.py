@@ -55,6 +55,25 @@ def suppa_path(mode: str = "suppa", task: str = "deblur") -> Path:
     return WEIGHTS_DIR / f"suppa_{mode}_{task}.npz"
 
 
+def reg_path(name: str = "cpu") -> Path:
+    """The shipped PnP-ReG pair (``G`` and its jointly trained ``D``) ``reg_<name>.npz``."""
+    return WEIGHTS_DIR / f"reg_{name}.npz"
+
+
+def reg(name: str = "cpu"):
+    """Our trained PnP-ReG :class:`~jaxrestore.models.reg.RegPair` (``cpu``: the package's default
+    regulariser, trained by ``jaxrestore train reg/cpu``; ``cpu-frozen``: the ablation with the
+    denoiser frozen, when shipped). Raises ``ValueError`` if none is shipped under that name."""
+    path = reg_path(name)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem.removeprefix("reg_") for p in WEIGHTS_DIR.glob("reg_*.npz"))) or "none"
+        raise ValueError(f"no shipped PnP-ReG weights named {name!r} (shipped: {shipped}); train them with "
+                         f"`jaxrestore train reg/{name}` and pass the reg_{name}.npz it writes")
+    from jaxrestore.models.reg import load_pair
+
+    return load_pair(path)
+
+
 SUPPA_MODES = ("suppa", "explicit", "deq", "jfb")
 
 
@@ -68,4 +87,4 @@ def shipped_suppa(task: str = "deblur") -> Path | None:
     return None
 
 
-__all__ = ["suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
+__all__ = ["reg", "reg_path", "suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]

@@ -47,6 +47,7 @@ class TrainResult:
     elapsed: float              # seconds of training, over all resumed sessions
     metrics: Path
     best_val_psnr: float | None = None
+    best_fields: dict | None = None  # every validation field of the best step
 
 
 def check_run_identity(config, resuming: bool, *, write: bool = True) -> None:

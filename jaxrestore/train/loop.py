@@ -251,7 +251,8 @@ def run_stages(config, stages: list[Stage], params, run: Run, *, resume: bool | 
     fields = (best and best[2]) or {}
     return TrainResult(out_dir=out_dir, steps=step, total_steps=total, completed=completed, weights=weights,
                        best_step=best and best[1], best_val_loss=fields.get("val_loss"), best_val_ssim=fields.get("val_ssim"),
-                       elapsed=elapsed, metrics=out_dir / "metrics.jsonl", best_val_psnr=fields.get("val_psnr"))
+                       elapsed=elapsed, metrics=out_dir / "metrics.jsonl", best_val_psnr=fields.get("val_psnr"),
+                       best_fields=(best and best[2]) or None)
 
 
 __all__ = ["Stage", "Cadence", "Run", "run_stages", "FORMAT"]
