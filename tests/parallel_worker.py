@@ -18,6 +18,7 @@ from jaxrestore.models import drunet
 from jaxrestore.train import config_from_dict, train_irestnet
 from jaxrestore.train.denoiser import denoiser_config_from_dict, train_denoiser
 from jaxrestore.train.log import read_metrics
+from jaxrestore.train.reg import reg_config_from_dict, train_reg
 from jaxrestore.train.suppa import suppa_config_from_dict, train_suppa
 
 BATCH = 8  # divides by 8 devices
@@ -47,6 +48,11 @@ def configs(root: Path) -> dict:
             "model": {"max_iters": 6, "tol": 1e-3, "unroll": True}, "data": data,
             "schedule": {"batch_size": BATCH, "steps": 4, "validate_every": 2, "log_every": 1, "lr": 1e-3},
             "checkpoint": {"every": 2, "keep": 5}}),
+        "reg": (reg_config_from_dict, train_reg, {
+            "kind": "reg", "model": {"channels": [4, 8], "blocks": 1}, "denoiser": str(root / "drunet_tiny.npz"), "data": data,
+            "noise": {"val_sigmas": [25]},
+            "schedule": {"batch_size": BATCH, "steps": 4, "lr": 1e-3, "halve_every": 2, "validate_every": 2, "log_every": 1},
+            "checkpoint": {"every": 2, "keep": 5}}),
         "irestnet": (config_from_dict, train_irestnet, {
             "preset": "gaussA", "data": {**data, "crop": 32, "val_crop": 32}, "model": {"num_layers": 2, "lpp_features": 4},
             "schedule": {"greedy_layers": 1, "batch_size": BATCH, "steps_per_epoch": 2, "log_every": 1,
@@ -61,7 +67,8 @@ def summary(result) -> dict:
     with np.load(result.weights) as f:
         weights = {k: f[k].astype(np.float64).ravel().tolist() for k in f.files if f[k].dtype.kind == "f"}
     return {"loss": [[r["step"], r["train_loss"]] for r in records if "train_loss" in r],
-            "val": [[r["step"], {k: v for k, v in r.items() if k.startswith("val_")}] for r in records if "val_loss" in r or "val_psnr" in r],
+            "val": [[r["step"], {k: v for k, v in r.items() if k.startswith("val_")}] for r in records
+                    if any(k.startswith("val_") for k in r)],
             "weights": weights, "best_step": result.best_step}
 
 

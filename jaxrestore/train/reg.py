@@ -56,6 +56,7 @@ from jaxrestore.models.reg import RegPair, g_config, save_pair
 from jaxrestore.train.common import TrainResult, strong
 from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, load_yaml, mesh_devices, top_reader
 from jaxrestore.train.data import TrainImages, step_keys
+from jaxrestore.train.log import read_metrics
 from jaxrestore.train.loop import Cadence, Run, Stage, run_stages
 from jaxrestore.train.parallel import DataParallel
 
@@ -294,7 +295,9 @@ def train_reg(config: RegTrainConfig, *, resume: bool | None = None, max_steps: 
         return -fields["val_identity"], fields
 
     def export(params, best_step, best_fields, elapsed):
-        meta = {"step": best_step, **(best_fields or {}), "val_sigmas": list(c.val_sigmas), "val_crop": c.val_crop,
+        # the training identity loss around the exported step (the last 10 logged windows up to it)
+        logged = [r["identity"] for r in read_metrics(c.out_dir / "metrics.jsonl") if "identity" in r and r["step"] <= best_step]
+        meta = {"step": best_step, **(best_fields or {}), "train_identity": float(np.mean(logged[-10:])) if logged else None, "val_sigmas": list(c.val_sigmas), "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "freeze_denoiser": c.freeze_denoiser, "train_minutes": round(elapsed / 60, 2),
                 "train_config": c.to_dict()}
         return save_pair(merge(params), c.out_dir / f"reg_{c.name}.npz", meta)
