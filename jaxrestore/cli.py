@@ -261,8 +261,39 @@ def _positive(value, name: str) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
+def _degrade_inpaint(args) -> int:
+    from jaxrestore.cli_reg import bernoulli_mask
+
+    if args.preset is not None or args.kernel is not None or args.kernel_shape is not None:
+        raise ValueError("--keep (inpainting) takes no blur")
+    sigma = args.sigma or 0.0
+    inputs, is_folder = _inputs(args.input)
+    outputs = _outputs(inputs, is_folder, args.output)
+    images = [load_image(src) for src in inputs]  # all readable before anything is written
+    masks = [bernoulli_mask(x.shape, args.keep, args.seed) for x in images]
+    if args.save_mask:
+        if len({x.shape[:2] for x in images}) > 1:
+            raise ValueError("--save-mask needs images of one size (one mask)")
+        save_image(Path(args.save_mask), masks[0])
+    _say(f"inpainting: Bernoulli mask keeping {args.keep:g} of the pixels (seed {args.seed}); noise std {sigma:g}")
+    rng = np.random.default_rng(args.seed + 1)
+    with _progress(len(inputs), is_folder, "degrade") as bar:
+        for x, m, dst in zip(images, masks, outputs):
+            y = m[..., None] * (x + sigma * rng.standard_normal(x.shape))
+            save_image(dst, y)
+            _say(f"{dst}: {float(m.mean()):.3f} of the pixels kept")
+            bar.update()
+    return 0
+
+
 def _cmd_degrade(args) -> int:
     _positive(args.sigma, "--sigma")
+    if args.keep is not None:
+        return _degrade_inpaint(args)
+    if args.save_mask:
+        raise ValueError("--save-mask goes with --keep (inpainting)")
+    if args.preset is None and args.kernel is None and args.kernel_shape is None:
+        raise ValueError("give the blur with one of --preset, --kernel or --kernel-shape (or --keep P for inpainting)")
     blur = _blur_model(args)
     if args.sigma is None and blur.preset is None:
         raise ValueError("give the noise level with --sigma (only a --preset carries one)")
@@ -334,6 +365,15 @@ def _cmd_restore(args) -> int:
         raise ValueError(f"--x8 (the denoiser's self-ensemble) works with --method pnp-admm or suppa, not {args.method}")
     if args.chunk_size is not None and args.kernels is None:
         raise ValueError("--chunk-size works with --kernels (one kernel per image)")
+    if args.method == "reg-gd":
+        if args.kernels is not None:
+            raise ValueError("--kernels (one kernel per image) works with var, wiener and pnp-admm, not reg-gd")
+        from jaxrestore.cli_reg import restore_reg_gd
+
+        return restore_reg_gd(args, sys.modules[__name__])
+    for name in ("mask", "keep", "mu"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name} works with --method reg-gd, not {args.method}")
     if args.kernels is not None:
         return _restore_with_kernels(args)
     if args.method in ("pnp-admm", "suppa"):
@@ -420,6 +460,18 @@ def _admm_operator(args, blur: BlurModel | None, shape, src: Path):
         raise ValueError(f"{src}: {e}") from None
 
 
+def _reference_for(ref, op):
+    """The ``--reference`` image of one input (``None`` without one), checked against the size
+    of the restored image ``op.shape``."""
+    if ref is None:
+        return None
+    gt = load_image(ref)
+    if gt.shape[:2] != tuple(op.shape):
+        raise ValueError(f"reference {ref} is {gt.shape[0]}x{gt.shape[1]} but the restored image is "
+                         f"{op.shape[0]}x{op.shape[1]}")
+    return gt
+
+
 def _restore_admm(args) -> int:
     """``--method pnp-admm`` (our DRUNet in DPIR's schedule) or ``suppa`` (a trained unrolled
     model), for deblurring or, with ``--scale``, super-resolution."""
@@ -476,12 +528,7 @@ def _restore_admm(args) -> int:
         for src, dst, ref in zip(inputs, outputs, refs):
             y = load_image(src)
             op = _admm_operator(args, blur, y.shape, src)
-            gt = None
-            if ref is not None:
-                gt = load_image(ref)
-                if gt.shape[:2] != tuple(op.shape):
-                    raise ValueError(f"reference {ref} is {gt.shape[0]}x{gt.shape[1]} but the restored image is "
-                                     f"{op.shape[0]}x{op.shape[1]}")
+            gt = _reference_for(ref, op)
             if args.method == "pnp-admm":
                 if args.sigma is not None or args.scale is None:
                     sigma, how = _noise_level(args, blur.preset if blur is not None else None, y)
@@ -775,7 +822,11 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("input", metavar="INPUT", help="image file, or folder of images")
     d.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output image (or folder: one .png per input, same names)")
-    _add_blur_options(d)
+    _add_blur_options(d, required=False)
+    d.add_argument("--keep", type=float, metavar="P", help="inpainting instead of a blur: keep each pixel with "
+                   "probability P (a Bernoulli mask from --seed, shared over channels; missing pixels become 0); "
+                   "restore with 'restore --method reg-gd --keep P --seed N' or --mask")
+    d.add_argument("--save-mask", metavar="FILE.png", help="--keep: also save the mask (white = observed)")
     d.add_argument("--sigma", type=float, metavar="S",
                    help="noise std on the [0, 1] scale (default: the preset's; gaussB draws one per image)")
     d.add_argument("--seed", type=int, default=0, metavar="N",
@@ -803,7 +854,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output image (or folder: one .png per input, same names)")
-    r.add_argument("--method", choices=("var", "wiener", "irestnet", "pnp-admm", "suppa"), default="var",
+    r.add_argument("--method", choices=("var", "wiener", "irestnet", "pnp-admm", "suppa", "reg-gd"), default="var",
                    help="restoration method (default var)")
     r.add_argument("--weights", metavar="FILE", help="irestnet: weights saved by 'jaxrestore train' (default: the "
                    "weights shipped for --preset); pnp-admm: a DRUNet file (default: the shipped denoiser); suppa: a "
@@ -817,6 +868,12 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lam", type=float, help="regularisation weight (default: see above)")
     r.add_argument("--delta", type=float, help="VAR: TV smoothing delta (default: see above)")
     r.add_argument("--iterations", type=int, metavar="N", help="VAR: number of iterations (default: see above)")
+    g = r.add_argument_group("reg-gd (PnP gradient descent with the learned regularising gradient)")
+    g.add_argument("--mask", metavar="FILE", help="inpainting: the mask (.png, white = observed; or .npy in [0, 1])")
+    g.add_argument("--keep", type=float, metavar="P", help="inpainting: rebuild the Bernoulli mask of "
+                   "'degrade --keep P --seed N' (with --seed)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="--keep: the seed the mask was drawn with (default 0)")
+    g.add_argument("--mu", type=float, metavar="MU", help="step size (Adam's learning rate on x; default: the tuned value)")
     r.add_argument("--x8", action="store_true", help="pnp-admm, suppa: average the denoiser over the 8 rotations/flips "
                    "of the image in every iteration (DPIR's self-ensemble; 8x slower; PnP deblurring +0.1 dB, the shipped x2 SR "
                    "model +0.2 dB on Set5)")
@@ -840,11 +897,14 @@ def _build_parser() -> argparse.ArgumentParser:
     m.set_defaults(run=_cmd_demo)
 
     t = sub.add_parser(
-        "train", formatter_class=fmt, help="train iRestNet, the DRUNet denoiser or PnP-ADMM (SUPPA) from a YAML config",
+        "train", formatter_class=fmt, help="train iRestNet, the DRUNet denoiser, PnP-ADMM (SUPPA) or PnP-ReG from a YAML config",
         description="Train from a YAML config; its 'kind' key picks the trainer: irestnet (default), denoiser\n"
-                    "(configs/denoiser/: DRUNet Gaussian denoising, exports drunet_<name>.npz) or suppa\n"
+                    "(configs/denoiser/: DRUNet Gaussian denoising, exports drunet_<name>.npz), suppa\n"
                     "(configs/suppa/: PnP-ADMM end to end in mode explicit, deq, jfb or suppa, exports\n"
-                    "suppa_<mode>_<task>.npz). Bundled names: cpu-gaussA, denoiser/small, suppa/suppa-deblur, ...\n\n"
+                    "suppa_<mode>_<task>.npz) or reg (configs/reg/: PnP-ReG's regularising gradient G with its\n"
+                    "denoiser, exports reg_<name>.npz). Bundled names: cpu-gaussA, denoiser/small,\n"
+                    "suppa/suppa-deblur, reg/cpu, ... Every trainer runs on the same loop: --train-dir/--val-dir\n"
+                    "replace the data folders, --devices N trains data-parallel on N devices.\n\n"
                     "iRestNet is trained with the paper's staged recipe: layer 0 alone, then the greedy layers one at a\n"
                     "time (each initialised from the previous one), then the last layers and the post-processing\n"
                     "network end to end. CONFIG is a YAML file (configs/irestnet/<preset>.yaml) or the name of a\n"

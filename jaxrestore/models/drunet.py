@@ -202,8 +202,16 @@ def save_weights(model: DRUNet, path, metadata: dict | None = None):
     (``.npz``), atomically (:mod:`jaxrestore.models.weights_io`)."""
     from jaxrestore.models import weights_io as wio
 
-    return wio.save_state(path, nnx.state(model), FORMAT, json.dumps(dataclasses.asdict(model.config), sort_keys=True),
-                          metadata)
+    return wio.save_state(path, nnx.state(model), FORMAT, json.dumps(config_dict(model.config), sort_keys=True), metadata)
+
+
+def config_dict(config: DRUNetConfig) -> dict:
+    """The config as stored in weights files; ``noise_map`` only when false (a denoiser's record
+    is the same as before the option existed)."""
+    d = dataclasses.asdict(config)
+    if d["noise_map"]:
+        d.pop("noise_map")
+    return d
 
 
 def load_weights(path) -> DRUNet:

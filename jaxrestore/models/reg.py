@@ -16,13 +16,12 @@ the jointly updated ``D`` and their configs. :func:`as_gradient` gives the pure
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import jax
 from flax import nnx
 
-from jaxrestore.models.drunet import DRUNet, DRUNetConfig
+from jaxrestore.models.drunet import DRUNet, DRUNetConfig, config_dict
 
 PUBLISHED_G = DRUNetConfig(channels=(64, 128, 256, 512), blocks=4, noise_map=False)  # the authors' G, 32.6 M parameters
 SMALL_G = DRUNetConfig(channels=(16, 32, 64, 128), blocks=2, noise_map=False)        # CPU-sized
@@ -72,7 +71,7 @@ def save_pair(pair: RegPair, path, metadata: dict | None = None):
     """Write ``G``, ``D`` and their configs to ``path`` (``.npz``, atomic)."""
     from jaxrestore.models import weights_io as wio
 
-    config = json.dumps({"G": dataclasses.asdict(pair.G.config), "D": dataclasses.asdict(pair.D.config)}, sort_keys=True)
+    config = json.dumps({"G": config_dict(pair.G.config), "D": config_dict(pair.D.config)}, sort_keys=True)
     return wio.save_state(path, nnx.state(pair), FORMAT, config, metadata)
 
 

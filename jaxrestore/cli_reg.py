@@ -1,0 +1,161 @@
+"""``jaxrestore restore --method reg-gd``: PnP gradient descent with the learned regularising
+gradient (PnP-ReG), for the three tasks of its protocol (:mod:`jaxrestore.protocols.reg`):
+
+* deblurring: ``--preset`` / ``--kernel`` / ``--kernel-shape``; noise ``--sigma`` or estimated;
+* super-resolution x2: ``--scale 2`` (default forward model: the authors' antialiased bicubic,
+  ``a = -0.75``; or the blur given, then decimation);
+* inpainting: ``--mask FILE`` (``.png``: white = observed, or ``.npy`` in ``[0, 1]``, the image's
+  size) or ``--keep P --seed N``, which rebuilds the Bernoulli mask that ``jaxrestore degrade
+  --keep P --seed N`` applied.
+
+Defaults (step size, iterations, ``sigma_r``) are the protocol's tuned values for our shipped
+``G`` (``jaxrestore/weights/reg_cpu.npz``, or ``--weights reg_*.npz``). Glue only: the math is
+:func:`jaxrestore.solvers.pnp_gd`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrestore.data import load_image
+from jaxrestore.operators import Downsample, Inpaint
+from jaxrestore.solvers import pnp_gd, run
+
+REPRESENTATIVE = {"deblur": "k2_2.55", "inpaint": "keep0.2", "sr2": "x2"}  # whose tuned values the CLI uses
+
+
+def bernoulli_mask(shape, keep: float, seed: int) -> np.ndarray:
+    """The ``(H, W)`` 0/1 mask keeping each pixel with probability ``keep`` (``(0, 1]``), from
+    ``numpy.random.default_rng(seed)``: the same mask for ``degrade --keep`` and ``restore --keep``."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"--keep must be in (0, 1], got {keep}")
+    return (np.random.default_rng(seed).random(tuple(shape[:2])) < keep).astype(np.float32)
+
+
+def load_mask(path, shape) -> np.ndarray:
+    """An ``(H, W)`` mask in ``[0, 1]`` from a ``.npy`` array or an image (``.png``: gray level / 255;
+    colour images must be gray)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"mask file not found: {p}")
+    if p.suffix.lower() == ".npy":
+        try:
+            m = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read mask {p}: {' '.join(str(e).split())}") from None
+        m = np.asarray(m, np.float64)
+    else:
+        m = load_image(p)
+        if m.ndim == 3:
+            if not np.allclose(m, m[..., :1]):
+                raise ValueError(f"mask {p} has colour; a mask is one gray level per pixel (white = observed)")
+            m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"mask {p} must be 2-D (H, W), got shape {m.shape}")
+    if tuple(m.shape) != tuple(shape[:2]):
+        raise ValueError(f"mask {p} is {m.shape[0]}x{m.shape[1]} but the image is {shape[0]}x{shape[1]}")
+    if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
+        raise ValueError(f"mask {p} must hold values in [0, 1], got [{np.nanmin(m):.3g}, {np.nanmax(m):.3g}]")
+    return m.astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("grad_fn", "iterations"))
+def _reg_gd(op, y, g_params, sigma_r, mu, *, grad_fn, iterations):
+    return jnp.clip(run(pnp_gd(op, grad_fn, sigma=sigma_r, mu=mu), y, g_params, num_iters=iterations).x, 0.0, 1.0)
+
+
+def _task(args) -> str:
+    if args.mask is not None or args.keep is not None:
+        if args.mask is not None and args.keep is not None:
+            raise ValueError("give the inpainting mask with --mask FILE or --keep P (with --seed), not both")
+        if args.scale is not None or args.kernel is not None or args.preset is not None or args.kernel_shape is not None:
+            raise ValueError("inpainting (--mask/--keep) takes no blur or --scale")
+        return "inpaint"
+    if args.scale is not None:
+        if args.scale != 2:
+            raise ValueError(f"--method reg-gd does super-resolution by 2 (the PnP-ReG protocol), got --scale {args.scale}")
+        return "sr2"
+    if args.preset is None and args.kernel is None and args.kernel_shape is None:
+        raise ValueError("reg-gd needs the degradation: a blur (--preset, --kernel or --kernel-shape), --scale 2, or an "
+                         "inpainting mask (--mask FILE or --keep P)")
+    return "deblur"
+
+
+def restore_reg_gd(args, cli) -> int:
+    """The ``restore`` subcommand for ``--method reg-gd``; ``cli`` is :mod:`jaxrestore.cli`
+    (shared input/output helpers)."""
+    from jaxrestore.models import pretrained
+    from jaxrestore.models.reg import as_gradient, load_pair
+    from jaxrestore.protocols import reg as protocol
+
+    for name, value in (("--mu", args.mu),):
+        cli._positive(value, name)
+    task = _task(args)
+    base = protocol.reg_settings(REPRESENTATIVE[task])
+    rep = protocol.setting(REPRESENTATIVE[task])
+    mu = args.mu if args.mu is not None else base["mu"]
+    iterations = args.iterations if args.iterations is not None else base["iterations"]
+    if iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {iterations}")
+    if args.weights:
+        pair, origin = load_pair(args.weights), f"weights {args.weights}"
+    else:
+        pair, origin = pretrained.reg("cpu"), "the shipped regulariser (reg_cpu)"
+    grad_fn, g_params = as_gradient(pair.G)
+    blur = cli._blur_model(args) if task != "inpaint" and (args.preset or args.kernel or args.kernel_shape) else None
+    inputs, is_folder = cli._inputs(args.input)
+    outputs = cli._outputs(inputs, is_folder, args.output)
+    refs = cli._references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
+    if task == "inpaint":
+        what = f"inpainting, mask {args.mask}" if args.mask else f"inpainting, Bernoulli mask keeping {args.keep:g} (seed {args.seed})"
+    elif task == "sr2":
+        what = (blur.description if blur else "bicubic a=-0.75, antialiased") + ", then decimation by 2"
+    else:
+        what = blur.description
+    cli._say(f"forward model: {what}; reg-gd with {origin}: Adam on x, step {mu:g}, {iterations} iterations, "
+             "dihedral cycle")
+    # every input and its mask checked before anything is computed
+    images = []
+    for src in inputs:
+        y = load_image(src)
+        mask = None
+        if task == "inpaint":
+            mask = load_mask(args.mask, y.shape) if args.mask else bernoulli_mask(y.shape, args.keep, args.seed)
+        images.append((y, mask))
+    rows = []
+    with cli._progress(len(inputs), is_folder, "restore") as bar:
+        for src, dst, ref, (y, mask) in zip(inputs, outputs, refs, images):
+            if task == "inpaint":
+                op = Inpaint.create(jnp.asarray(mask))
+                sigma_r = args.sigma if args.sigma is not None else base["sigma_r"]
+                how = "given" if args.sigma is not None else "the protocol's, noiseless"
+            else:
+                if task == "sr2":
+                    kernel = blur.kernel if blur else protocol.setting_kernel(rep)
+                    conv = blur.convention if blur else "convolution"
+                    op = Downsample.from_kernel(jnp.asarray(kernel, jnp.float32), (2 * y.shape[0], 2 * y.shape[1]), 2, conv)
+                else:
+                    op = blur.operator(y.shape)
+                noise, how = cli._noise_level(args, blur.preset if blur else None, y)
+                sigma_r = max(noise, 0.5 / 255) * base["sigma_r"] / rep.noise  # the tuned multiple of the noise level
+            gt = cli._reference_for(ref, op)
+            x = np.asarray(_reg_gd(op, jnp.asarray(y), g_params, jnp.float32(sigma_r), jnp.float32(mu), grad_fn=grad_fn,
+                                   iterations=int(iterations)))
+            cli.save_image(dst, x)
+            cli._say(f"{dst}: sigma_r {sigma_r * 255:.3g}/255 ({how})")
+            if gt is not None:
+                rows.append([src.name, float(cli.psnr(jnp.asarray(x), jnp.asarray(gt))), float(cli.ssim(jnp.asarray(x), gt))])
+            bar.update()
+    if rows:
+        means = np.mean([r[1:] for r in rows], axis=0)
+        print("\nquality against --reference (reg-gd; before 8-bit rounding):")
+        print(cli._markdown(["image", "PSNR", "SSIM"], rows + [["mean", *means]]))
+    return 0
+
+
+__all__ = ["restore_reg_gd", "bernoulli_mask", "load_mask"]
