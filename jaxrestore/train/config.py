@@ -218,14 +218,10 @@ def config_from_dict(raw, *, source: str = "<dict>", out_dir=None, base_dir=None
 
     seed = top.integer("seed", 0, minimum=0)
     devices = mesh_devices(top)
-    file_out = top.raw("out_dir")
-    if file_out is not None and not isinstance(file_out, (str, Path)):
-        raise ValueError(f"{source}: 'out_dir' must be a path, got {file_out!r}")
+    out = top.out_dir(out_dir, "irestnet", Path(source).stem if source != "<dict>" else "run")
     top.done()
-    stem = Path(source).stem if source != "<dict>" else "run"
-    out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/irestnet/{stem}").expanduser()
     return TrainConfig(preset=preset_name, data=data, model=model, schedule=schedule, checkpoint=checkpoint,
-                       seed=seed, out_dir=out.resolve(), source=source, loss=loss, devices=devices)
+                       seed=seed, out_dir=out, source=source, loss=loss, devices=devices)
 
 
 def load_config(name_or_path, *, out_dir=None) -> TrainConfig:

@@ -123,6 +123,14 @@ class Reader:
             raise self._error(key, "must be a folder or a non-empty list of folders")
         return tuple(resolve_folder(t, self._name(key), self.source, self.base) for t in v)
 
+    def out_dir(self, override, folder: str, stem: str) -> Path:
+        """The run folder: ``override`` (``--out``) if given, else the config's ``out_dir``, else
+        ``runs/<folder>/<stem>``; resolved from the current directory."""
+        v = self.raw("out_dir")
+        if v is not None and not isinstance(v, (str, Path)):
+            raise self._error("out_dir", f"must be a path, got {v!r}")
+        return Path(override if override is not None else v if v else f"runs/{folder}/{stem}").expanduser().resolve()
+
     def sub(self, key):
         return Reader(self.raw(key), self._name(key), self.source, self.base)
 

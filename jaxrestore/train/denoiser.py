@@ -142,10 +142,9 @@ def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> D
     c.done()
     seed = top.integer("seed", 0, minimum=0)
     devices = mesh_devices(top)
-    file_out = top.raw("out_dir")
-    top.done()
     name = Path(source).stem if source != "<dict>" else "run"
-    out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/denoiser/{name}").expanduser().resolve()
+    out = top.out_dir(out_dir, "denoiser", name)
+    top.done()
     return DenoiserTrainConfig(model, train, val, crop, val_crop, val_limit, float(sigma_max), tuple(float(v) for v in val_sigmas),
                                batch_size, steps, lr, lr_end, validate_every, log_every, loss, every, keep, seed, out, name,
                                source, float(sigma_power), devices)

@@ -157,12 +157,9 @@ def reg_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> RegTra
     c.done()
     seed = top.integer("seed", 0, minimum=0)
     devices = mesh_devices(top)
-    file_out = top.raw("out_dir")
-    if file_out is not None and not isinstance(file_out, (str, Path)):
-        raise ValueError(f"{source}: 'out_dir' must be a path, got {file_out!r}")
-    top.done()
     name = Path(source).stem if source != "<dict>" else "run"
-    out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/reg/{name}").expanduser().resolve()
+    out = top.out_dir(out_dir, "reg", name)
+    top.done()
     return RegTrainConfig(g, denoiser, freeze, train, val, crop, val_crop, val_limit, float(sigma_max), float(lam),
                           tuple(float(v) for v in val_sigmas), batch_size, steps, lr, d_lr, halve_every, validate_every,
                           log_every, every, keep, seed, out, name, source, devices)

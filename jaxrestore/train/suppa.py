@@ -180,10 +180,8 @@ def suppa_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> Supp
     c.done()
     seed = top.integer("seed", 0, minimum=0)
     devices = mesh_devices(top)
-    file_out = top.raw("out_dir")
+    out = top.out_dir(out_dir, "suppa", Path(source).stem if source != "<dict>" else f"{mode}-{task}")
     top.done()
-    stem = Path(source).stem if source != "<dict>" else f"{mode}-{task}"
-    out = Path(out_dir if out_dir is not None else file_out if file_out else f"runs/suppa/{stem}").expanduser().resolve()
     return SuppaTrainConfig(mode, task, denoiser, model, init_sigma, init_lam, init_sigma_max, train, val, crop, val_crop,
                             val_limit, checkpoint_every=every, checkpoint_keep=keep, seed=seed, out_dir=out, source=source,
                             init_rho=init_rho, init_model=init_model, devices=devices, **sched)
