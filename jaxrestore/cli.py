@@ -357,6 +357,10 @@ def _var_params(args, preset: Preset | None, sigma: float, src: Path) -> tuple[f
 
 
 def _cmd_restore(args) -> int:
+    if args.method == "golf":  # blind: none of the kernel-based checks below apply
+        from jaxrestore.cli_golf import restore_golf
+
+        return restore_golf(args, sys.modules[__name__])
     for name in ("sigma", "lam", "delta"):
         _positive(getattr(args, name), f"--{name}")
     if args.iterations is not None and args.iterations < 1:
@@ -365,6 +369,9 @@ def _cmd_restore(args) -> int:
         raise ValueError(f"--x8 (the denoiser's self-ensemble) works with --method pnp-admm or suppa, not {args.method}")
     if args.chunk_size is not None and args.kernels is None:
         raise ValueError("--chunk-size works with --kernels (one kernel per image)")
+    for name in ("tile", "tol"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name} works with --method golf, not {args.method}")
     if args.method == "reg-gd":
         if args.kernels is not None:
             raise ValueError("--kernels (one kernel per image) works with var, wiener and pnp-admm, not reg-gd")
@@ -767,7 +774,21 @@ def _train_reg(raw, path, args, kw):
                     f"identity residual {fields['val_identity']:.4f}, denoiser PSNR {fields['val_psnr']:.2f} dB")
 
 
-_TRAINERS = {"denoiser": _train_denoiser, "suppa": _train_suppa, "irestnet": _train_irestnet, "reg": _train_reg}
+def _train_golf(raw, path, args, kw):
+    from jaxrestore.train.golf import golf_config_from_dict, train_golf
+
+    c = golf_config_from_dict(raw, source=str(path), out_dir=args.out)
+    data = f"pairs {c.pairs}" if c.pairs is not None else f"synthetic camera shake (kernels {c.kernel_size}x{c.kernel_size})"
+    _say(f"Golf Optimizer: G1 width {c.g1.width}, G2 width {c.g2.width}, K {c.iterations}, {data}, crop {c.crop}, "
+         f"batch {c.batch_size}, {c.g2_steps} G2 + {c.g1_steps} G1 steps, perceptual weight {c.perceptual:g}; output {c.out_dir}")
+    result = train_golf(c, **kw)
+    fields = result.best_fields or {}
+    return result, ("n/a" if "val_psnr" not in fields else
+                    f"golf-{c.iterations} PSNR {fields['val_psnr']:.2f} dB (blurred {fields['val_psnr_blurred']:.2f})")
+
+
+_TRAINERS = {"denoiser": _train_denoiser, "suppa": _train_suppa, "irestnet": _train_irestnet, "reg": _train_reg,
+             "golf": _train_golf}
 
 
 def _cmd_train(args) -> int:
@@ -836,8 +857,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "restore", formatter_class=fmt, help="deblur (or super-resolve) an image or a folder: VAR, Wiener, iRestNet, "
-                                             "PnP-ADMM, SUPPA",
-        description="Deblur INPUT with a known blur (non-blind), or super-resolve it (--scale, pnp-admm/suppa).\n\n"
+                                             "PnP-ADMM, SUPPA, PnP-ReG; Golf (blind)",
+        description="Deblur INPUT with a known blur (non-blind), or super-resolve it (--scale, pnp-admm/suppa),\n"
+                    "or deblur it without the kernel (--method golf).\n\n"
                     "noise std: --sigma, else the preset's fixed one, else estimate_sigma(y) (printed).\n"
                     "var: projected FISTA on 1/2||Ax - y||^2 + lam TV_delta(x), x in [0, 1]. lam, delta and\n"
                     "  iterations: the options when given, else the preset's tuned values (gaussB: lam scaled\n"
@@ -848,13 +870,15 @@ def _build_parser() -> argparse.ArgumentParser:
                     "pnp-admm: scaled ADMM with our DRUNet denoiser, DPIR's sigma schedule (--iterations, --lam).\n"
                     "suppa: a trained unrolled ADMM model (--weights suppa_<mode>_<task>.npz); fixed-point modes\n"
                     "  report their iterations and residual, and say when they did not converge.\n"
+                    "golf: blind deblurring (no kernel): the Golf Optimizer's first step G1, then --iterations\n"
+                    "  (default 3) steps of its learned prior gradient G2 (shipped golf_cpu, or --weights).\n"
                     "--kernels KDIR: each image with its own kernel KDIR/<stem>.npy or .png (var, wiener,\n"
                     "  pnp-admm; no preset, so the parameters follow the noise level), all kernels checked first.\n"
                     "Results are clipped to [0, 1] and written as 8-bit images.")
     r.add_argument("input", metavar="INPUT", help="blurred image file, or folder of images")
     r.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output image (or folder: one .png per input, same names)")
-    r.add_argument("--method", choices=("var", "wiener", "irestnet", "pnp-admm", "suppa", "reg-gd"), default="var",
+    r.add_argument("--method", choices=("var", "wiener", "irestnet", "pnp-admm", "suppa", "reg-gd", "golf"), default="var",
                    help="restoration method (default var)")
     r.add_argument("--weights", metavar="FILE", help="irestnet: weights saved by 'jaxrestore train' (default: the "
                    "weights shipped for --preset); pnp-admm: a DRUNet file (default: the shipped denoiser); suppa: a "
@@ -874,6 +898,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    "'degrade --keep P --seed N' (with --seed)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="--keep: the seed the mask was drawn with (default 0)")
     g.add_argument("--mu", type=float, metavar="MU", help="step size (Adam's learning rate on x; default: the tuned value)")
+    g = r.add_argument_group("golf (blind deblurring: no kernel; --iterations is the number of G2 steps, default 3)")
+    g.add_argument("--tol", type=float, metavar="T", help="stop the G2 iterations once the relative update is below T")
+    g.add_argument("--tile", type=int, metavar="PX", help="process in overlapping PX x PX tiles (same result, less memory; "
+                   "default: tiles of 512 above 2 megapixels)")
     r.add_argument("--x8", action="store_true", help="pnp-admm, suppa: average the denoiser over the 8 rotations/flips "
                    "of the image in every iteration (DPIR's self-ensemble; 8x slower; PnP deblurring +0.1 dB, the shipped x2 SR "
                    "model +0.2 dB on Set5)")
@@ -897,13 +925,15 @@ def _build_parser() -> argparse.ArgumentParser:
     m.set_defaults(run=_cmd_demo)
 
     t = sub.add_parser(
-        "train", formatter_class=fmt, help="train iRestNet, the DRUNet denoiser, PnP-ADMM (SUPPA) or PnP-ReG from a YAML config",
+        "train", formatter_class=fmt, help="train iRestNet, the DRUNet denoiser, PnP-ADMM (SUPPA), PnP-ReG or the Golf Optimizer "
+                                           "from a YAML config",
         description="Train from a YAML config; its 'kind' key picks the trainer: irestnet (default), denoiser\n"
                     "(configs/denoiser/: DRUNet Gaussian denoising, exports drunet_<name>.npz), suppa\n"
                     "(configs/suppa/: PnP-ADMM end to end in mode explicit, deq, jfb or suppa, exports\n"
                     "suppa_<mode>_<task>.npz) or reg (configs/reg/: PnP-ReG's regularising gradient G with its\n"
-                    "denoiser, exports reg_<name>.npz). Bundled names: cpu-gaussA, denoiser/small,\n"
-                    "suppa/suppa-deblur, reg/cpu, ... Every trainer runs on the same loop: --train-dir/--val-dir\n"
+                    "denoiser, exports reg_<name>.npz) or golf (configs/golf/: the Golf Optimizer's G2 then G1 on\n"
+                    "blind camera-shake pairs, exports golf_<name>.npz). Bundled names: cpu-gaussA, denoiser/small,\n"
+                    "suppa/suppa-deblur, reg/cpu, golf/cpu, ... Every trainer runs on the same loop: --train-dir/--val-dir\n"
                     "replace the data folders, --devices N trains data-parallel on N devices.\n\n"
                     "iRestNet is trained with the paper's staged recipe: layer 0 alone, then the greedy layers one at a\n"
                     "time (each initialised from the previous one), then the last layers and the post-processing\n"

@@ -87,4 +87,25 @@ def shipped_suppa(task: str = "deblur") -> Path | None:
     return None
 
 
-__all__ = ["reg", "reg_path", "suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
+
+
+def golf_path(name: str = "cpu") -> Path:
+    """The shipped Golf Optimizer pair (``G1`` and ``G2``) ``golf_<name>.npz``."""
+    return WEIGHTS_DIR / f"golf_{name}.npz"
+
+
+def golf(name: str = "cpu"):
+    """Our trained :class:`~jaxrestore.models.golf.Golf` blind deblurrer (``cpu``: trained by
+    ``jaxrestore train golf/cpu`` on synthetic camera shake). Raises ``ValueError`` if none is
+    shipped under that name."""
+    path = golf_path(name)
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem.removeprefix("golf_") for p in WEIGHTS_DIR.glob("golf_*.npz"))) or "none"
+        raise ValueError(f"no shipped Golf weights named {name!r} (shipped: {shipped}); train them with "
+                         f"`jaxrestore train golf/{name}` and pass the golf_{name}.npz it writes")
+    from jaxrestore.models.golf import load_golf
+
+    return load_golf(path)
+
+
+__all__ = ["golf", "golf_path", "reg", "reg_path", "suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]

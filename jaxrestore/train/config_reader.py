@@ -33,7 +33,7 @@ from jaxrestore.presets import configs_dir
 DEFAULT_TRAIN = "../shared/data/bsds500/train"
 DEFAULT_VAL = "../shared/data/bsds500/val"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TRAIN_FOLDERS = ("irestnet", "denoiser", "suppa", "reg")  # the config kinds, and their folders under configs/
+TRAIN_FOLDERS = ("irestnet", "denoiser", "suppa", "reg", "golf")  # the config kinds, and their folders under configs/
 
 
 class Reader:
