@@ -82,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", help="a golf_*.npz (default: the shipped golf_cpu)")
     ap.add_argument("--no-upper-bound", action="store_true", help="skip pnp-admm-true-kernel even when kernels exist")
     ap.add_argument("--no-timing", action="store_true", help="skip the ms-per-image rows")
+    ap.add_argument("--figure", help="also write a PNG of centre crops: blurred | g1 | golf-3 | sharp, one row per image")
+    ap.add_argument("--figure-rows", type=int, default=3, help="images in the figure (default 3, the first ones)")
+    ap.add_argument("--figure-crop", type=int, default=192, help="crop size in the figure (default 192)")
     ap.add_argument("--json", help="write {'n_images', 'psnr', 'ssim', 'params', 'mb', 'ms_per_image'}")
     args = ap.parse_args(argv)
     if args.limit is not None and args.limit < 1:
@@ -97,6 +100,7 @@ def main(argv=None) -> int:
     upper = kernels_dir.is_dir() and not args.no_upper_bound
     methods = ["blurred", *ITERATIONS] + (["pnp-admm-true-kernel"] if upper else [])
     scores = {m: {"psnr": [], "ssim": []} for m in methods}
+    panels = []
     for b, s in tqdm(pairs, desc="golf table", unit="img", file=sys.stderr, disable=None):
         y, x = load_image(b), load_image(s)
         if y.shape != x.shape:
@@ -110,6 +114,13 @@ def main(argv=None) -> int:
                 fail(f"{kernels_dir} has no kernel {kp.name} for {b.name} (or pass --no-upper-bound)")
             sigma = noise.get(b.name, {}).get("noise_std")
             outs["pnp-admm-true-kernel"] = _true_kernel(y, np.load(kp), None if sigma is None else sigma / 255.0)
+        if args.figure and len(panels) < args.figure_rows:
+            from jaxrestore.data.images import center_crop
+
+            c = min(args.figure_crop, *y.shape[:2])
+            tiles = [center_crop(np.asarray(v, np.float32), c) for v in (y, outs["g1"], outs["golf-3"], x)]
+            gap = np.ones((c, 4, 3), np.float32)
+            panels.append(np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1))
         for m in methods:
             scores[m]["psnr"].append(float(psnr(jnp.asarray(outs[m]), jnp.asarray(x))))
             scores[m]["ssim"].append(float(ssim(jnp.asarray(outs[m]), jnp.asarray(x))))
@@ -135,6 +146,13 @@ def main(argv=None) -> int:
         print()
         print(markdown_table(["golf-3, one image", f"ms ({device.platform}: {device.device_kind})", "paper ms (GTX 1080 Ti, GoPro frame)"],
                              [["256x256", ms["256x256"], "-"], ["1280x720", ms["1280x720"], PAPER["ms"]]]))
+    if args.figure and panels:
+        from jaxrestore.data import save_image
+
+        width = max(p.shape[1] for p in panels)
+        rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=1.0) for p in panels]
+        save_image(args.figure, np.concatenate(rows, axis=0)[:-4])
+        print(f"\nfigure: {args.figure} (blurred | g1 | golf-3 | sharp, centre crops)")
     if args.json:
         write_json(args.json, {"n_images": len(pairs), "pairs": str(root), "model": origin, "psnr": mean["psnr"],
                                "ssim": mean["ssim"], "params": counts, "mb": mb, "ms_per_image": ms, "paper": PAPER})

@@ -127,7 +127,12 @@ def _kernel_from_file(spec: str) -> np.ndarray:
         head, tail = spec.rsplit(":", 1)
         if head.endswith(".npz"):
             path, key = head, tail
-    return kernels.load_kernel(path, key)
+    k = kernels.load_kernel(path, key)
+    if abs(k.sum() - 1.0) > KERNEL_SUM_TOL:
+        # a blur preserves brightness: an unnormalised PSF (a 0/1 line, a sum of 25) would whiten or darken the result
+        print(f"{PROG}: note: kernel {spec} sums to {k.sum():.6g}; normalised to sum 1", file=sys.stderr)
+        k = k / k.sum()
+    return k
 
 
 _SHAPE_USAGE = "expected gaussian:STD[:SIZE], box:WIDTH[:SIZE] or motion:SEED[:SIZE]"

@@ -132,17 +132,32 @@ def load_kernel(path, key: str | None = None) -> np.ndarray:
     return check_kernel(k, name=f"kernel in {path}")
 
 
-@partial(jax.jit, static_argnames=("size", "n_steps"))
 def random_motion(key, size: int = 25, n_steps: int = 200, length: float | None = None,
-                  inertia: float = 0.7, jitter: float = 0.3) -> jax.Array:
+                  inertia: float = 0.7, jitter: float = 0.3, centre: str = "box") -> jax.Array:
     """Random camera-shake kernel from a smooth 2-D random walk (in the spirit of Boracchi &
     Foi 2012): a unit-speed trajectory whose heading changes by ``jitter``-scaled Gaussian turns
     with ``inertia``, rescaled to span at most ``length`` pixels (default ``size - 3``, drawn
-    uniformly between 40 % and 100 % of it), its bounding box centred on ``size // 2``, and splatted with bilinear weights.
+    uniformly between 40 % and 100 % of it), and splatted with bilinear weights.
+
+    ``centre="box"`` puts the trajectory's bounding box on ``size // 2``; ``"mass"`` puts its
+    centre of mass there (the trajectory is shrunk if needed to stay inside the array), so that
+    the blur does not shift the image on average: what blind-deblurring training pairs need, as a
+    network cannot know which way an off-centre kernel moved the picture.
 
     Jittable and vmappable over ``key``: ``jax.vmap(lambda k: random_motion(k, 25))(keys)``.
     Returns ``(size, size)`` float32 summing to one.
     """
+    if isinstance(size, bool) or int(size) != size or size < 3:
+        raise ValueError(f"random_motion size must be a whole number >= 3, got {size!r}")
+    if isinstance(n_steps, bool) or int(n_steps) != n_steps or n_steps < 1:
+        raise ValueError(f"random_motion n_steps must be a whole number >= 1, got {n_steps!r}")
+    if centre not in ("box", "mass"):
+        raise ValueError(f"random_motion centre must be 'box' or 'mass', got {centre!r}")
+    return _random_motion(key, int(size), int(n_steps), length, inertia, jitter, centre)
+
+
+@partial(jax.jit, static_argnames=("size", "n_steps", "centre"))
+def _random_motion(key, size, n_steps, length, inertia, jitter, centre):
     k_heading, k_turns, k_len = jax.random.split(key, 3)
     max_len = (size - 3.0) if length is None else length
     span = max_len * jax.random.uniform(k_len, (), minval=0.4, maxval=1.0)
@@ -160,6 +175,9 @@ def random_motion(key, size: int = 25, n_steps: int = 200, length: float | None 
     path = path - 0.5 * (path.max(0) + path.min(0))
     extent = jnp.max(path.max(0) - path.min(0))
     path = path * jnp.minimum(1.0, span / jnp.maximum(extent, 1e-6))
+    if centre == "mass":  # unit speed: the points are uniform along the path, their mean is its centre of mass
+        path = path - path.mean(0)
+        path = path * jnp.minimum(1.0, (size // 2 - 1.0) / jnp.maximum(jnp.max(jnp.abs(path)), 1e-6))
     path = jnp.clip(path + size // 2, 0.0, size - 1.001)
     i0 = jnp.floor(path).astype(jnp.int32)
     f = path - i0

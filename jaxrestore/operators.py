@@ -66,7 +66,13 @@ def _image_hw(image_shape) -> tuple[int, int]:
     return h, w
 
 
-def _check_input(x, shape, what: str) -> None:
+def _check_input(x, shape, what: str, leaf=None) -> None:
+    """``x`` must be one ``(H, W, C)`` image of the operator's size; ``leaf`` (the operator's
+    ``(H, .)`` array) must be unbatched: a stack of operators (from ``jax.vmap`` or
+    ``batched``) applied without ``vmap`` would broadcast into a wrong-shaped result."""
+    if leaf is not None and jnp.ndim(leaf) > 2:
+        raise ValueError(f"this operator holds a batch of {jnp.shape(leaf)[0]} operators (leading axis); apply it "
+                         "per image with jax.vmap, e.g. jax.vmap(lambda op, x: op(x))(ops, xs)")
     if x.ndim != 3 or tuple(x.shape[:2]) != tuple(shape):
         raise ValueError(f"{what} must have shape ({shape[0]}, {shape[1]}, C), got {x.shape}")
 
@@ -141,20 +147,20 @@ class Inpaint:
         return tuple(self.mask.shape[-2:])
 
     def __call__(self, x):
-        _check_input(x, self.shape, "x")
+        _check_input(x, self.shape, "x", self.mask)
         return self.mask[..., None] * x
 
     def adjoint(self, y):
-        _check_input(y, self.shape, "y")
+        _check_input(y, self.shape, "y", self.mask)
         return self.mask[..., None] * y
 
     def gram(self, x):
-        _check_input(x, self.shape, "x")
+        _check_input(x, self.shape, "x", self.mask)
         return self.mask[..., None] ** 2 * x
 
     def prox_data(self, z, y, rho):
-        _check_input(z, self.shape, "z")
-        _check_input(y, self.shape, "y")
+        _check_input(z, self.shape, "z", self.mask)
+        _check_input(y, self.shape, "y", self.mask)
         m = self.mask[..., None]
         return (m * y + rho * z) / (m * m + rho)
 
@@ -191,22 +197,22 @@ class Blur:
         return jnp.fft.irfft2(spectrum, s=self.shape, axes=(0, 1))
 
     def __call__(self, x):
-        _check_input(x, self.shape, "x")
+        _check_input(x, self.shape, "x", self.otf)
         return self._filter(x, self.otf)
 
     def adjoint(self, y):
-        _check_input(y, self.shape, "y")
+        _check_input(y, self.shape, "y", self.otf)
         return self._filter(y, jnp.conj(self.otf))
 
     def gram(self, x):
         """``A^T A x`` in one FFT round trip."""
-        _check_input(x, self.shape, "x")
+        _check_input(x, self.shape, "x", self.otf)
         return self._filter(x, jnp.abs(self.otf) ** 2)
 
     def prox_data(self, z, y, rho):
         """``(A^T A + rho I)^{-1} (A^T y + rho z)``, diagonal in the Fourier domain."""
-        _check_input(z, self.shape, "z")
-        _check_input(y, self.shape, "y")
+        _check_input(z, self.shape, "z", self.otf)
+        _check_input(y, self.shape, "y", self.otf)
         otf = self.otf[..., None]
         num = jnp.conj(otf) * jnp.fft.rfft2(y, axes=(0, 1)) + rho * jnp.fft.rfft2(z, axes=(0, 1))
         return jnp.fft.irfft2(num / (jnp.abs(otf) ** 2 + rho), s=self.shape, axes=(0, 1))
@@ -253,13 +259,13 @@ class Downsample:
         return jnp.real(jnp.fft.ifft2(jnp.fft.fft2(x, axes=(0, 1)) * otf[..., None], axes=(0, 1)))
 
     def __call__(self, x):
-        _check_input(x, self.shape, "x")
+        _check_input(x, self.shape, "x", self.otf)
         s = self.factor
         return self._filter(x, self.otf)[::s, ::s]
 
     def upsample_zero_fill(self, y):
         """``S^T y``: put ``y`` on the ``s``-strided grid, zeros elsewhere."""
-        _check_input(y, self.low_shape, "y")
+        _check_input(y, self.low_shape, "y", self.otf)
         s = self.factor
         up = jnp.zeros(self.shape + y.shape[2:], y.dtype)
         return up.at[::s, ::s].set(y)
@@ -278,7 +284,7 @@ class Downsample:
     def prox_data(self, z, y, rho):
         """USRNet closed form: ``(A^T A + rho I)^{-1} (A^T y + rho z)`` through the Woodbury
         identity on the ``s x s`` polyphase blocks of the spectrum. ``rho`` is a scalar."""
-        _check_input(z, self.shape, "z")
+        _check_input(z, self.shape, "z", self.otf)
         s = self.factor
         fb = self.otf[..., None]
         rhs = jnp.conj(fb) * jnp.fft.fft2(self.upsample_zero_fill(y), axes=(0, 1))

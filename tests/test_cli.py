@@ -211,7 +211,7 @@ def bad_inputs(tmp_path):
         "negative": np.array([[0.5, -0.1], [0.3, 0.3]]),
         "nan": np.array([[0.5, np.nan], [0.25, 0.25]]),
         "zero": np.zeros((3, 3)),
-        "big": np.ones((65, 65)),
+        "big": np.ones((65, 65)) / 65**2,
         "rank3": np.ones((3, 3, 3)),
     }.items():
         p[name] = tmp_path / f"{name}.npy"
@@ -276,3 +276,21 @@ def test_installed_entry_point_reports_missing_file(tmp_path):
                            "--preset", "gaussA"], capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc.returncode, proc.stderr, "missing.png")
     assert proc.stdout == ""
+
+
+def test_an_unnormalised_kernel_file_is_normalised_with_a_notice(tmp_path, capsys):
+    import numpy as np
+
+    from jaxrestore import cli
+    from jaxrestore.data import load_image, save_image
+
+    x = np.full((24, 24, 3), 0.4, np.float32)
+    save_image(tmp_path / "x.png", x)
+    line = np.zeros((5, 5))
+    line[2] = 1.0  # a 0/1 line mask: sums to 5
+    np.save(tmp_path / "k.npy", line)
+    code = cli.main(["degrade", str(tmp_path / "x.png"), "-o", str(tmp_path / "y.png"), "--kernel", str(tmp_path / "k.npy"),
+                     "--sigma", "1e-9"])
+    err = capsys.readouterr().err
+    assert code == 0 and "sums to 5; normalised to sum 1" in err
+    np.testing.assert_allclose(load_image(tmp_path / "y.png"), x, atol=1 / 255)  # brightness kept, not 5x

@@ -214,3 +214,43 @@ def test_sample_image():
     assert sample_image(None).shape == (512, 512, 3)
     with pytest.raises(ValueError):
         sample_image(300)
+
+
+def test_float_tiffs_keep_their_values_or_say_their_range(tmp_path):
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from jaxrestore.data import load_image
+
+    a = np.random.default_rng(0).random((16, 12)).astype(np.float32)
+    Image.fromarray(a, mode="F").save(tmp_path / "f.tif")
+    x = load_image(tmp_path / "f.tif")
+    assert x.shape == (16, 12, 3)
+    np.testing.assert_array_equal(x[..., 1], a)  # not 0, not clipped to 0/1
+    Image.fromarray(a * 1000, mode="F").save(tmp_path / "big.tif")
+    with pytest.raises(ValueError, match=r"values in \[[0-9.]+, 99[0-9.]+\]; float images must lie in \[0, 1\]"):
+        load_image(tmp_path / "big.tif")
+
+
+def test_sixteen_bit_images_keep_their_range(tmp_path):
+    import struct
+    import zlib
+
+    import numpy as np
+    import pytest
+
+    from jaxrestore.data import load_image
+
+    rng = np.random.default_rng(1)
+    b = (rng.random((6, 5, 3)) * 65535).astype(np.uint16)
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in b)
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    (tmp_path / "c16.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 5, 6, 16, 2, 0, 0, 0))
+                                       + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    with pytest.warns(UserWarning, match="8-bit precision"):
+        x = load_image(tmp_path / "c16.png")
+    assert np.max(np.abs(x - b / 65535.0)) <= 1 / 255  # the right range, 8-bit precision

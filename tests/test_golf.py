@@ -12,6 +12,7 @@ from scipy.signal import convolve2d
 
 from jaxrestore.data.blind import blur_valid, motion_kernels, pair_paths, synthetic_pairs
 from jaxrestore.data import save_image
+from jaxrestore.kernels import random_motion
 from jaxrestore.models import drunet
 from jaxrestore.models.features import perceptual_distance, random_features
 from jaxrestore.models.golf import (LARGE, PAPER_COUNTS, SMALL, Golf, GolfConfig, as_networks, deblur, load_golf,
@@ -164,6 +165,14 @@ def test_motion_kernels_and_synthetic_pairs():
     np.testing.assert_allclose(ks.sum(axis=(1, 2)), 1.0, atol=1e-5)
     support = [(k > 1e-4).sum() for k in ks]
     assert min(support) < 20 < max(support)  # mild and severe shake both drawn
+    grid = np.arange(31)
+    np.testing.assert_allclose((ks.sum(2) * grid).sum(1), 15, atol=1e-3)  # centred on their centre of mass:
+    np.testing.assert_allclose((ks.sum(1) * grid).sum(1), 15, atol=1e-3)  # the blur does not shift the image
+    box = np.asarray(random_motion(jax.random.key(5), 31, length=20.0))
+    assert abs((box.sum(1) * grid).sum() - 15) + abs((box.sum(0) * grid).sum() - 15) > 1e-2  # "box" does not
+    for bad in (0, 2, 4.5):
+        with pytest.raises(ValueError, match="size"):
+            random_motion(jax.random.key(0), bad)
     padded = jax.random.uniform(jax.random.key(1), (4, 40, 40, 3))
     y, x, kernels = synthetic_pairs(jax.random.key(2), padded, size=9, min_length=3.0, noise_max=0.0)
     assert y.shape == x.shape == (4, 32, 32, 3)

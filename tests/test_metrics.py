@@ -87,3 +87,29 @@ def test_ssim_irestnet_shape_mismatch():
         ssim_irestnet(np.zeros((32, 32, 3)), np.zeros((32, 31, 3)))
     with pytest.raises(ValueError):
         ssim_irestnet(np.zeros((32, 32)), np.zeros((32, 32)))
+
+
+def test_metrics_reject_what_would_be_a_silent_wrong_number():
+    import numpy as np
+    import pytest
+
+    from jaxrestore.metrics import psnr, ssim
+
+    x = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    u8 = (x * 255).astype(np.uint8)
+    for fn in (psnr, ssim):
+        with pytest.raises(ValueError, match="dtype uint8"):
+            fn(u8, u8)
+        with pytest.raises(ValueError, match="same shape"):
+            fn(x, x[..., :1])  # would broadcast
+        with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+            fn(x[..., 0], x[..., 0])
+        with pytest.raises(ValueError, match="data_range"):
+            fn(x, x, data_range=0.0)
+    with pytest.raises(ValueError, match="smaller than its 11x11 window"):
+        ssim(x[:8, :8], x[:8, :8])
+    # float images with an explicit range still work, batched and under jit
+    import jax
+
+    assert abs(float(psnr(u8 / 255.0, u8 / 255.0 + 0.1)) - 20.0) < 1e-3
+    np.testing.assert_allclose(np.asarray(jax.jit(psnr)(x[None], x[None] + 0.1)), [20.0], atol=1e-3)

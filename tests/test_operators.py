@@ -402,3 +402,28 @@ def test_bad_image_shape_raises():
         Blur.from_kernel(np.ones((3, 3)), (0, 5))
     with pytest.raises(ValueError):
         Inpaint.create(np.ones((4, 5, 3)))
+
+
+def test_a_stack_of_operators_applied_without_vmap_is_an_error():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from jaxrestore import kernels
+    from jaxrestore.operators import Blur, Downsample, Inpaint
+
+    ks = jnp.stack([jnp.asarray(kernels.gaussian(5, s), jnp.float32) for s in (0.8, 1.2, 1.6)])
+    x = jnp.asarray(np.random.default_rng(0).random((32, 32, 3)), jnp.float32)
+    blurs = jax.vmap(lambda k: Blur.from_kernel(k, (32, 32)))(ks)
+    downs = jax.vmap(lambda k: Downsample.from_kernel(k, (32, 32), 2))(ks)
+    masks = jax.vmap(lambda k: Inpaint.create(jnp.ones((32, 32)) * k[2, 2]))(ks)
+    for ops in (blurs, downs, masks):
+        for method in ("__call__", "adjoint", "gram"):
+            arg = x if not (ops is downs and method == "adjoint") else x[::2, ::2]
+            with pytest.raises(ValueError, match="batch of 3 operators.*jax.vmap"):
+                getattr(ops, method)(arg)
+    # the vmapped form is the right one, and equals one operator at a time
+    ys = jax.vmap(lambda op, v: op(v))(blurs, jnp.stack([x] * 3))
+    one = Blur.from_kernel(ks[1], (32, 32))(x)
+    np.testing.assert_allclose(np.asarray(ys[1]), np.asarray(one), atol=1e-6)

@@ -25,14 +25,15 @@ from jaxrestore.kernels import random_motion
 def motion_kernels(key, n: int, size: int = 31, min_length: float = 5.0):
     """``(n, size, size)`` random camera-shake kernels: the trajectory's length bound drawn
     uniformly in ``[min_length, size - 3]`` per kernel (the generator then spans 40-100 % of
-    it), so the set mixes mild and severe shake. Jittable."""
+    it), so the set mixes mild and severe shake; each centred on its centre of mass (so the
+    blur does not shift the image). Jittable."""
     if size < 5:
         raise ValueError(f"motion kernel size must be >= 5, got {size}")
     if not 0 < min_length <= size - 3:
         raise ValueError(f"min_length must be in (0, {size - 3}], got {min_length}")
     k_len, k_kernel = jax.random.split(key)
     lengths = jax.random.uniform(k_len, (n,), minval=min_length, maxval=size - 3.0)
-    return jax.vmap(lambda k, L: random_motion(k, size, length=L))(jax.random.split(k_kernel, n), lengths)
+    return jax.vmap(lambda k, L: random_motion(k, size, length=L, centre="mass"))(jax.random.split(k_kernel, n), lengths)
 
 
 def blur_valid(x, kernel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import jax
@@ -14,23 +15,46 @@ from jaxrestore.data.atomic import atomic_open
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def _png_16bit_colour(path: Path) -> bool:
+    """A PNG whose header says 16 bits per sample in colour (Pillow would read it as 8-bit)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
 def load_image(path, dtype=np.float32) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` in ``[0, 1]``; grayscale is repeated to three channels,
-    an alpha channel dropped. Raises ``ValueError`` for a missing or unreadable file."""
+    an alpha channel dropped. 8- and 16-bit images are divided by 255 / 65535 (16-bit colour
+    PNGs keep their 16 bits); float images (32-bit TIFF) are taken as they are and must lie in
+    ``[0, 1]``. Raises ``ValueError`` for a missing or unreadable file, or float values outside
+    ``[0, 1]`` (the error says the range found)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"image not found: {path}")
     try:
+        if _png_16bit_colour(path):
+            warnings.warn(f"{path} is a 16-bit colour PNG; Pillow reads it with 8-bit precision (values within 1/255 "
+                          "of the 16-bit ones)", stacklevel=2)
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("1", "L", "LA", "RGB", "RGBA") and not im.mode.startswith("I;16"):
-                # palette, CMYK, YCbCr, float...: let PIL map them to RGB(A) colours
+            if im.mode not in ("1", "L", "LA", "RGB", "RGBA", "F", "I") and not im.mode.startswith("I;16"):
+                # palette, CMYK, YCbCr...: let PIL map them to RGB(A) colours
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             mode = im.mode
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    if arr.dtype == np.uint16 or mode.startswith("I;16"):
+    if mode == "F" or np.issubdtype(arr.dtype, np.floating):
+        lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if arr.size else (0.0, 0.0)
+        if not np.all(np.isfinite(arr)) or lo < 0 or hi > 1:
+            raise ValueError(f"float image {path} has values in [{lo:.4g}, {hi:.4g}]; float images must lie in [0, 1] "
+                             "(rescale it, or save it as 8/16-bit)")
+        scale = 1.0
+    elif arr.dtype == np.uint16 or mode.startswith("I;16"):
+        scale = 65535.0
+    elif mode == "I":  # 32-bit integer pixels: Pillow's reading of 16-bit grayscale PNGs
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError(f"32-bit integer image {path} has values in [{arr.min()}, {arr.max()}]; expected 16-bit data")
         scale = 65535.0
     elif arr.dtype == np.uint8:
         scale = 255.0
