@@ -189,17 +189,44 @@ def _save_npy(path: Path, array) -> None:
 # ----------------------------------------------------------------------------- files
 
 
-def _inputs(path: str) -> tuple[list[Path], bool]:
-    """``(images, is_folder)`` for an image file or a folder of images."""
+_SKIPPED: list[tuple[Path, str]] = []  # inputs left out by --skip-bad in this command (summarised at the end)
+
+
+def _inputs(path: str, *, skip_bad: bool = False, min_size=None) -> tuple[list[Path], bool]:
+    """``(images, is_folder)`` for an image file or a folder of images. Every image is read
+    (a truncated file fails here) and, with ``min_size = (kh, kw)``, checked to be at least the
+    kernel's size, before anything is computed or written; ``skip_bad`` leaves bad ones out
+    (with a notice) instead of stopping."""
     p = Path(path)
     if p.is_dir():
         files = list_images(p)
         if not files:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
-        return files, True
-    if not p.exists():
+        is_folder = True
+    elif not p.exists():
         raise ValueError(f"input not found: {p}")
-    return [p], False
+    else:
+        files, is_folder = [p], False
+    good, bad = [], []
+    for f in files:
+        try:
+            x = load_image(f)
+            if min_size is not None and (x.shape[0] < min_size[0] or x.shape[1] < min_size[1]):
+                raise ValueError(f"the {min_size[0]}x{min_size[1]} kernel is larger than the image {f} "
+                                 f"({x.shape[0]}x{x.shape[1]})")
+            good.append(f)
+        except ValueError as e:
+            bad.append((f, " ".join(str(e).split())))
+    if bad and not (skip_bad and is_folder):
+        more = f" ({len(bad) - 1} more bad input{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        hint = "; nothing was written (--skip-bad continues past bad inputs)" if is_folder else ""
+        raise ValueError(f"{bad[0][1]}{more}{hint}")
+    for f, why in bad:
+        print(f"{PROG}: skipping {f}: {why}", file=sys.stderr)
+    _SKIPPED.extend(bad)
+    if not good:
+        raise ValueError(f"every input in {p} is unreadable or too small")
+    return good, is_folder
 
 
 def _outputs(inputs: list[Path], is_folder: bool, output: str) -> list[Path]:
@@ -214,6 +241,12 @@ def _outputs(inputs: list[Path], is_folder: bool, output: str) -> list[Path]:
         if out.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"unknown image extension {out.suffix!r} for {out}; use one of {', '.join(IMAGE_EXTENSIONS)}")
         targets = [out]
+    for folder in sorted({t.parent for t in targets}):  # found now, not after the computation (nothing is created yet)
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ValueError(f"cannot write to {folder}: {existing} is a file")
+        if not os.access(existing, os.W_OK):
+            raise ValueError(f"output folder {existing} is not writable")
     seen = {}
     for src, dst in zip(inputs, targets):
         if dst in seen:
@@ -272,7 +305,7 @@ def _degrade_inpaint(args) -> int:
     if args.preset is not None or args.kernel is not None or args.kernel_shape is not None:
         raise ValueError("--keep (inpainting) takes no blur")
     sigma = args.sigma or 0.0
-    inputs, is_folder = _inputs(args.input)
+    inputs, is_folder = _inputs(args.input, skip_bad=getattr(args, "skip_bad", False))
     outputs = _outputs(inputs, is_folder, args.output)
     images = [load_image(src) for src in inputs]  # all readable before anything is written
     masks = [bernoulli_mask(x.shape, args.keep, args.seed) for x in images]
@@ -302,7 +335,7 @@ def _cmd_degrade(args) -> int:
     blur = _blur_model(args)
     if args.sigma is None and blur.preset is None:
         raise ValueError("give the noise level with --sigma (only a --preset carries one)")
-    inputs, is_folder = _inputs(args.input)
+    inputs, is_folder = _inputs(args.input, skip_bad=args.skip_bad, min_size=np.shape(blur.kernel))
     outputs = _outputs(inputs, is_folder, args.output)
     if args.save_kernel:
         _save_npy(Path(args.save_kernel), blur.kernel)
@@ -395,7 +428,7 @@ def _cmd_restore(args) -> int:
     if args.preset is None and args.kernel is None and args.kernel_shape is None:
         raise ValueError("give the blur with one of --preset, --kernel or --kernel-shape")
     blur = _blur_model(args)
-    inputs, is_folder = _inputs(args.input)
+    inputs, is_folder = _inputs(args.input, skip_bad=args.skip_bad, min_size=np.shape(blur.kernel))
     outputs = _outputs(inputs, is_folder, args.output)
     refs = _references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
     _say(f"blur: {blur.description}; method {args.method}")
@@ -497,7 +530,7 @@ def _restore_admm(args) -> int:
         raise ValueError("give the blur with one of --preset, --kernel or --kernel-shape (or --scale for super-resolution)")
     blur = _blur_model(args) if have_blur else None
     task = "deblur" if args.scale is None else f"sr{args.scale}"
-    inputs, is_folder = _inputs(args.input)
+    inputs, is_folder = _inputs(args.input, skip_bad=getattr(args, "skip_bad", False))
     outputs = _outputs(inputs, is_folder, args.output)
     refs = _references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
     what = blur.description if blur is not None else "bicubic (no antialiasing)"
@@ -622,7 +655,7 @@ def _restore_with_kernels(args) -> int:
         raise ValueError("--scale (super-resolution) does not work with --kernels")
     if args.weights and args.method != "pnp-admm":
         raise ValueError(f"--weights works with --method pnp-admm here, not {args.method}")
-    inputs, is_folder = _inputs(args.input)
+    inputs, is_folder = _inputs(args.input, skip_bad=getattr(args, "skip_bad", False))
     outputs = _outputs(inputs, is_folder, args.output)
     refs = _references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
     files = _kernel_files(args.kernels, inputs)  # every kernel found before anything is loaded or computed
@@ -858,6 +891,8 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the numpy generator that draws the noise, images in file-name order (default 0)")
     d.add_argument("--save-kernel", metavar="FILE.npy", help="also save the kernel used")
+    d.add_argument("--skip-bad", action="store_true", help="folders: leave out unreadable or too-small images instead of "
+                   "stopping before any output")
     d.set_defaults(run=_cmd_degrade)
 
     r = sub.add_parser(
@@ -912,6 +947,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    "model +0.2 dB on Set5)")
     r.add_argument("--chunk-size", type=int, metavar="N", help="--kernels: images of one size restored per compiled "
                    "call (default 8; rounded up to a multiple of the device count)")
+    r.add_argument("--skip-bad", action="store_true", help="folders: leave out unreadable or too-small images (each "
+                   "named on stderr, a summary at the end) instead of stopping before any output")
     r.add_argument("--reference", metavar="GT",
                    help="ground truth (image, or folder with the same names) to print PSNR and SSIM against")
     r.set_defaults(run=_cmd_restore)
@@ -970,9 +1007,14 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = _build_parser()
+    _SKIPPED.clear()
     try:
         args = parser.parse_args(argv)
-        return args.run(args)
+        code = args.run(args)
+        if _SKIPPED:
+            print(f"{PROG}: skipped {len(_SKIPPED)} bad input{'s' if len(_SKIPPED) > 1 else ''}: "
+                  + ", ".join(p.name for p, _ in _SKIPPED), file=sys.stderr)
+        return code
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
     except (ValueError, OSError) as e:

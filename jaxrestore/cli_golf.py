@@ -38,7 +38,7 @@ def restore_golf(args, cli) -> int:
         model, origin = load_golf(args.weights), f"weights {args.weights}"
     else:
         model, origin = pretrained.golf("cpu"), "the shipped model (golf_cpu)"
-    inputs, is_folder = cli._inputs(args.input)
+    inputs, is_folder = cli._inputs(args.input, skip_bad=args.skip_bad)
     outputs = cli._outputs(inputs, is_folder, args.output)
     refs = cli._references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
     # every input checked (readable, RGB, finite, tile fits) before anything is computed

@@ -108,7 +108,7 @@ def restore_reg_gd(args, cli) -> int:
         pair, origin = pretrained.reg("cpu"), "the shipped regulariser (reg_cpu)"
     grad_fn, g_params = as_gradient(pair.G)
     blur = cli._blur_model(args) if task != "inpaint" and (args.preset or args.kernel or args.kernel_shape) else None
-    inputs, is_folder = cli._inputs(args.input)
+    inputs, is_folder = cli._inputs(args.input, skip_bad=args.skip_bad)
     outputs = cli._outputs(inputs, is_folder, args.output)
     refs = cli._references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
     if task == "inpaint":

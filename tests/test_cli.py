@@ -294,3 +294,33 @@ def test_an_unnormalised_kernel_file_is_normalised_with_a_notice(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 0 and "sums to 5; normalised to sum 1" in err
     np.testing.assert_allclose(load_image(tmp_path / "y.png"), x, atol=1 / 255)  # brightness kept, not 5x
+
+
+def test_a_bad_image_in_a_folder_stops_before_any_output_or_is_skipped(tmp_path, capsys):
+    import numpy as np
+
+    from jaxrestore import cli
+    from jaxrestore.data import save_image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "d"):
+        save_image(tmp_path / "in" / f"{name}.png", rng.random((24, 24, 3)))
+    good = (tmp_path / "in" / "a.png").read_bytes()
+    (tmp_path / "in" / "c.png").write_bytes(good[: len(good) // 2])  # truncated
+    argv = ["restore", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--kernel-shape", "gaussian:1.0", "--sigma", "0.01",
+            "--method", "wiener"]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "c.png" in err and "--skip-bad" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())  # nothing written
+    code = cli.main(argv + ["--skip-bad"])
+    err = capsys.readouterr().err
+    assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "d.png"]
+    assert "skipping" in err and "skipped 1 bad input: c.png" in err
+    # an image smaller than the kernel is found before anything is computed, too
+    save_image(tmp_path / "in2" / "a.png", rng.random((24, 24, 3)))
+    save_image(tmp_path / "in2" / "tiny.png", rng.random((5, 5, 3)))
+    code = cli.main(["restore", str(tmp_path / "in2"), "-o", str(tmp_path / "out2"), "--kernel-shape", "gaussian:2.0",
+                     "--sigma", "0.01", "--method", "wiener"])
+    err = capsys.readouterr().err
+    assert code == 2 and "13x13 kernel is larger than the image" in err and not (tmp_path / "out2").exists()
