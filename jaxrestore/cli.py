@@ -719,6 +719,8 @@ def _markdown(header, rows) -> str:
 def _cmd_demo(args) -> int:
     if args.iterations is not None and args.iterations < 1:
         raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    if not 32 <= args.size <= 256:
+        raise ValueError(f"--size must be between 32 and 256 (the sample image is 256x256; the blur is 25x25), got {args.size}")
     out = Path(args.output)
     preset = load_preset("gaussA")
     x = sample_image(args.size)

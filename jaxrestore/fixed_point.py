@@ -221,7 +221,9 @@ def _iteration(forward, f, x0):
     if isinstance(forward, Picard):
         def step(params, loop):
             fx = f(params, loop.x)
-            return _Loop(fx, loop.iterations + 1, relative_residual(fx, loop.x), _all_finite(fx), None)
+            res = relative_residual(fx, loop.x)
+            # finite values whose norms overflow (a diverging iteration) give a NaN residual: not finite either
+            return _Loop(fx, loop.iterations + 1, res, _all_finite(fx) & ~jnp.isnan(res), None)
 
         return start(None), step
 
@@ -234,7 +236,8 @@ def _iteration(forward, f, x0):
         X, F, nxt = _anderson_mix(X, F, loop.iterations, ravel_pytree(loop.x)[0], ravel_pytree(fz)[0],
                                   forward.beta, forward.reg)
         nxt = unravel(nxt)
-        return _Loop(nxt, loop.iterations + 1, relative_residual(fz, loop.x), _all_finite(nxt), (X, F))
+        res = relative_residual(fz, loop.x)
+        return _Loop(nxt, loop.iterations + 1, res, _all_finite(nxt) & ~jnp.isnan(res), (X, F))
 
     return start((zeros, zeros)), step
 

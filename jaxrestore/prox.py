@@ -108,10 +108,11 @@ def barrier_prox(u, alpha, beta=1.0):
     dtype = jnp.result_type(u, alpha, beta, jnp.float32)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
-    if is_concrete(alpha) and np.any(np.asarray(alpha) <= 0):
-        raise ValueError("barrier_prox: alpha must be > 0")
-    if is_concrete(beta) and np.any(np.asarray(beta) <= 0):
-        raise ValueError("barrier_prox: beta must be > 0")
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if is_concrete(v) and not np.all(np.asarray(v) > 0):  # NaN fails ``> 0`` too
+            raise ValueError(f"barrier_prox: {name} must be finite and > 0, got {v if np.ndim(v) == 0 else 'an array with NaN or <= 0 entries'}")
+        if is_concrete(v) and not np.all(np.isfinite(np.asarray(v))):
+            raise ValueError(f"barrier_prox: {name} must be finite and > 0, got {v if np.ndim(v) == 0 else 'an array with inf entries'}")
     u, alpha, beta = (jnp.asarray(a, dtype) for a in (u, alpha, beta))
     shape = jnp.broadcast_shapes(u.shape, alpha.shape, beta.shape)
     u, alpha, beta = (jnp.broadcast_to(a, shape) for a in (u, alpha, beta))

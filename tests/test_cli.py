@@ -324,3 +324,17 @@ def test_a_bad_image_in_a_folder_stops_before_any_output_or_is_skipped(tmp_path,
                      "--sigma", "0.01", "--method", "wiener"])
     err = capsys.readouterr().err
     assert code == 2 and "13x13 kernel is larger than the image" in err and not (tmp_path / "out2").exists()
+
+
+def test_demo_size_and_a_text_weights_file_are_named_errors(tmp_path, capsys):
+    from jaxrestore import cli
+
+    assert cli.main(["demo", "--size", "0", "-o", str(tmp_path / "d")]) == 2
+    assert "--size must be between 32 and 256" in capsys.readouterr().err
+    (tmp_path / "w.npz").write_text("not weights")
+    (tmp_path / "x.png").write_bytes(b"")
+    from jaxrestore.models.drunet import load_weights
+    import pytest
+
+    with pytest.raises(ValueError, match="not an .npz weights file"):
+        load_weights(tmp_path / "w.npz")

@@ -401,3 +401,28 @@ def test_bad_arguments_raise():
         fixed_point(lambda p, x: x, 1.0, jnp.zeros(3, jnp.int32))
     with pytest.raises(ValueError, match="max_iters"):
         fixed_point_iterates(f, 1.0, x0, max_iters=0)
+
+
+def test_a_diverging_iteration_is_reported_not_finite():
+    import jax.numpy as jnp
+    import pytest
+
+    from jaxrestore.fixed_point import Explicit, fixed_point
+
+    # values stay finite for a while but their norm overflows: the residual is NaN, never "finite"
+    with pytest.raises(ValueError, match="not finite"):
+        fixed_point(lambda p, x: x * 1e10, None, jnp.ones(4), adjoint=Explicit(), max_iters=20)
+
+
+def test_run_rejects_a_fractional_iteration_count():
+    import jax.numpy as jnp
+    import pytest
+
+    from jaxrestore import kernels
+    from jaxrestore.operators import Blur
+    from jaxrestore.solvers import projected_gradient, run
+
+    op = Blur.from_kernel(kernels.gaussian(5, 1.0), (16, 16))
+    for bad in (2.5, True, -1):
+        with pytest.raises(ValueError, match="num_iters must be a whole number"):
+            run(projected_gradient(op, 0.01, 0.01), jnp.full((16, 16, 3), 0.5), num_iters=bad)

@@ -258,3 +258,17 @@ def test_zero_alpha_under_jit_gives_the_projection_not_nan():
     np.testing.assert_allclose(v[3:6], [0.3, 0.5, 0.7], rtol=1e-6)
     g = jax.jit(jax.grad(lambda u: barrier_prox(u, jnp.zeros_like(u)).sum()))(u)
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_barrier_prox_rejects_nan_and_infinite_weights():
+    import jax.numpy as jnp
+    import numpy as np
+    import pytest
+
+    from jaxrestore.prox import barrier_prox
+
+    u = jnp.full((3,), 0.5)
+    for name, kw in (("alpha", dict(alpha=np.nan, beta=1.0)), ("alpha", dict(alpha=np.inf, beta=1.0)),
+                     ("beta", dict(alpha=0.1, beta=np.nan)), ("alpha", dict(alpha=np.array([0.1, np.nan, 0.2]), beta=1.0))):
+        with pytest.raises(ValueError, match=f"{name} must be finite and > 0"):
+            barrier_prox(u, kw["alpha"], kw["beta"])

@@ -57,6 +57,8 @@ def read(path, fmt: str, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"cannot load {what} weights {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"cannot load {what} weights {path}: not an .npz weights file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrestore._validation import check_image
 
@@ -53,8 +54,8 @@ def run(solver: Solver, y, params=None, *, num_iters: int | None = None, trace: 
             raise ValueError("run: give num_iters, or params with a leading per-iteration axis")
         xs, length = params, None
     else:
-        if num_iters < 0:
-            raise ValueError(f"num_iters must be >= 0, got {num_iters}")
+        if isinstance(num_iters, bool) or not isinstance(num_iters, (int, np.integer)) or num_iters < 0:
+            raise ValueError(f"num_iters must be a whole number >= 0, got {num_iters!r}")
         xs, length = None, num_iters
 
     def body(state, p):
