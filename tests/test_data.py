@@ -254,3 +254,24 @@ def test_sixteen_bit_images_keep_their_range(tmp_path):
     with pytest.warns(UserWarning, match="8-bit precision"):
         x = load_image(tmp_path / "c16.png")
     assert np.max(np.abs(x - b / 65535.0)) <= 1 / 255  # the right range, 8-bit precision
+
+
+def test_a_killed_write_leaves_no_lasting_temporary_file(tmp_path):
+    import os
+    import time
+
+    from jaxrestore.data.atomic import STALE_SECONDS, atomic_open
+
+    target = tmp_path / "out.png"
+    stale = tmp_path / ".out.png.abc123.tmp"  # what a SIGKILL during a write leaves
+    fresh = tmp_path / ".out.png.def456.tmp"  # a write in progress elsewhere: left alone
+    other = tmp_path / ".other.png.xyz.tmp"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"partial")
+    old = time.time() - STALE_SECONDS - 10
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    with atomic_open(target, "wb") as f:
+        f.write(b"done")
+    assert target.read_bytes() == b"done"
+    assert not stale.exists() and fresh.exists() and other.exists()

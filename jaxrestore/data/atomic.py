@@ -14,6 +14,24 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+STALE_SECONDS = 3600.0  # a temporary file this old was left by a writer that was killed (SIGKILL, power loss)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete ``.{name}.*.tmp`` files of earlier writes of ``path`` that never finished."""
+    import time
+
+    now = time.time()
+    for old in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > STALE_SECONDS:
+                old.unlink()
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "wb"):
     """Open ``path`` for writing so that it appears complete or not at all.
@@ -21,11 +39,14 @@ def atomic_open(path, mode: str = "wb"):
     Writes go to a temporary file next to ``path`` which is flushed, fsynced, given the
     permissions a plain ``open`` would (``mkstemp`` creates 0600), and renamed over ``path`` when
     the block exits normally; on any exception it is removed and ``path`` is left untouched.
+    Temporary files of earlier writes of ``path`` killed before they could clean up (older than
+    :data:`STALE_SECONDS`) are deleted first.
     """
     if "w" not in mode:
         raise ValueError(f"atomic_open writes files; mode must contain 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
