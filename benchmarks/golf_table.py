@@ -3,7 +3,7 @@ SSIM of the blurred input, the first step ``G1`` alone and ``G1`` + ``K`` steps 
 the non-blind upper bound (PnP-ADMM given the true kernel) where the pair folder has kernels; the
 model's size and its time per image, beside the paper's GoPro numbers.
 
-    python benchmarks/make_blind_pairs.py --images ../shared/data/bsds500/val --out pairs/bsds_val --seed 1
+    python benchmarks/make_blind_pairs.py --images ../shared/data/bsds500/val --out pairs/bsds_val --seed 1 --skip 8
     python benchmarks/golf_table.py --pairs pairs/bsds_val --json results/golf_bsds_val.json
     python benchmarks/golf_table.py --pairs ../shared/data/gopro_pairs --json results/golf_gopro.json
 

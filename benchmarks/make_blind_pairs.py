@@ -1,7 +1,7 @@
 """Build a folder of blind-deblurring test pairs from any folder of sharp images, with our
 camera-shake generator (the same distribution the shipped Golf model was trained on):
 
-    python benchmarks/make_blind_pairs.py --images ../shared/data/bsds500/val --out pairs/bsds_val --seed 1
+    python benchmarks/make_blind_pairs.py --images ../shared/data/bsds500/val --out pairs/bsds_val --seed 1 --skip 8
 
 For image ``i`` (sorted names) a kernel is drawn by :func:`jaxrestore.data.blind.motion_kernels`
 from ``fold_in(key(seed), i)`` (``--size`` 31, trajectory length bound uniform in
@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--images", default=default_data("bsds500", "val"), help="folder of sharp images (default ../shared/data/bsds500/val)")
     ap.add_argument("--out", required=True, help="output folder (blur/, sharp/, kernels/, pairs.json)")
     ap.add_argument("--seed", type=int, default=1, help="kernel and noise seed (default 1; training used 0)")
-    ap.add_argument("--limit", type=int, help="first N images (sorted names)")
+    ap.add_argument("--skip", type=int, default=0, help="leave out the first N images (sorted names): e.g. 8, the "
+                    "val images golf/cpu selected its model on")
+    ap.add_argument("--limit", type=int, help="at most N images (after --skip)")
     ap.add_argument("--size", type=int, default=31, help="kernel size (odd, default 31)")
     ap.add_argument("--min-length", type=float, default=5.0, help="smallest trajectory length bound in px (default 5)")
     ap.add_argument("--noise", type=float, default=2.55, help="largest noise std on the 0..255 scale (default 2.55)")
@@ -59,17 +61,19 @@ def main(argv=None) -> int:
         fail(f"--min-length must be in (0, {args.size - 3}], got {args.min_length}")
     if not 0 <= args.noise < 255:
         fail(f"--noise must be in [0, 255), got {args.noise}")
+    if args.skip < 0:
+        fail(f"--skip must be >= 0, got {args.skip}")
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be >= 1, got {args.limit}")
     try:
-        paths = list_images(args.images)[: args.limit]
+        paths = list_images(args.images)[args.skip:][: args.limit]
     except ValueError as e:
         fail(str(e))
     if not paths:
         fail(f"no images in {args.images}")
     out = Path(args.out)
     key = jax.random.key(args.seed)
-    record = {"seed": args.seed, "size": args.size, "min_length": args.min_length, "noise_max": args.noise,
+    record = {"seed": args.seed, "skip": args.skip, "size": args.size, "min_length": args.min_length, "noise_max": args.noise,
               "images": {}}
     for i, p in enumerate(tqdm(paths, desc="pairs", unit="img", file=sys.stderr, disable=None)):
         x = load_image(p)
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
             x = np.repeat(x[..., :1], 3, axis=-1)
         if min(x.shape[:2]) < 2 * args.size:
             fail(f"{p} is {x.shape[0]}x{x.shape[1]}: too small for {args.size}x{args.size} kernels")
-        y, sharp, kernel, sigma = make_pair(x, jax.random.fold_in(key, i), args.size, args.min_length, args.noise / 255.0)
+        y, sharp, kernel, sigma = make_pair(x, jax.random.fold_in(key, args.skip + i), args.size, args.min_length, args.noise / 255.0)
         save_image(out / "blur" / f"{p.stem}.png", y)
         save_image(out / "sharp" / f"{p.stem}.png", sharp)
         (out / "kernels").mkdir(parents=True, exist_ok=True)

@@ -436,3 +436,20 @@ def test_bad_inputs_raise(rng):
         pnp_admm(op, _affine, net, good, noise_sigma=-0.01)
     with pytest.raises(ValueError, match="NaN"):
         pnp_admm(op, _affine, net, bad, noise_sigma=0.01)
+
+
+def test_a_gray_image_given_to_the_rgb_denoiser_is_a_clear_error():
+    import jax.numpy as jnp
+    import pytest
+
+    from jaxrestore import kernels
+    from jaxrestore.models.drunet import DRUNetConfig, as_denoiser, create
+    from jaxrestore.operators import Blur
+    from jaxrestore.solvers import pnp_admm
+
+    denoiser, params = as_denoiser(create(DRUNetConfig((4, 8), 1)))
+    op = Blur.from_kernel(kernels.gaussian(5, 1.0), (16, 16))
+    with pytest.raises(ValueError, match="does not take an image of shape \\(16, 16, 1\\).*repeat a gray image"):
+        pnp_admm(op, denoiser, params, jnp.full((16, 16, 1), 0.5), noise_sigma=0.01, num_iters=2)
+    x = pnp_admm(op, denoiser, params, jnp.full((16, 16, 3), 0.5), noise_sigma=0.01, num_iters=2)
+    assert x.shape == (16, 16, 3)

@@ -218,6 +218,20 @@ def pnp_schedule(num_iters: int, noise_sigma, *, sigma_max=49 / 255, sigma_min=N
     return ADMMParams(None, sigma, rho)
 
 
+def check_denoiser_takes(denoiser, net_params, x, caller: str) -> None:
+    """``ValueError`` unless ``denoiser(params, x, sigma)`` maps ``x``'s shape to itself (checked
+    abstractly, no computation): a gray ``(H, W, 1)`` image given to an RGB denoiser would
+    otherwise fail deep inside XLA."""
+    try:
+        out = jax.eval_shape(denoiser, net_params, x, jnp.asarray(0.1, x.dtype))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{caller}: the denoiser does not take an image of shape {tuple(x.shape)} "
+                         f"({' '.join(str(e).split())[:160]}); our DRUNet denoises 3-channel RGB images: repeat a "
+                         "gray image to 3 channels, or use a denoiser trained for its channels") from None
+    if tuple(out.shape) != tuple(x.shape):
+        raise ValueError(f"{caller}: the denoiser maps {tuple(x.shape)} to {tuple(out.shape)}; it must keep the shape")
+
+
 def pnp_admm(op, denoiser: Denoiser, net_params, y, *, noise_sigma, num_iters: int = 8,
              sigma_max=49 / 255, sigma_min=None, lam=0.23, x0=None, trace: Callable | None = None):
     """Plain PnP-ADMM inference: ``num_iters`` iterations of :func:`admm` with the
@@ -231,6 +245,7 @@ def pnp_admm(op, denoiser: Denoiser, net_params, y, *, noise_sigma, num_iters: i
     schedule = pnp_schedule(num_iters, noise_sigma, sigma_max=sigma_max, sigma_min=sigma_min, lam=lam)
     solver = admm(op, denoiser, x0=x0)
     state0 = solver.init(y)  # validates y
+    check_denoiser_takes(denoiser, net_params, state0.x, "pnp_admm")
 
     def body(state, sigma_rho):
         sigma, rho = sigma_rho
@@ -241,5 +256,5 @@ def pnp_admm(op, denoiser: Denoiser, net_params, y, *, noise_sigma, num_iters: i
     return (state.x, history) if trace is not None else state.x
 
 
-__all__ = ["ADMMState", "ADMMParams", "SIGMA_FLOOR", "admm", "admm_map", "initial_estimate",
+__all__ = ["ADMMState", "ADMMParams", "SIGMA_FLOOR", "check_denoiser_takes", "admm", "admm_map", "initial_estimate",
            "pnp_schedule", "pnp_admm"]
