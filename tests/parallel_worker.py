@@ -17,6 +17,7 @@ from jaxrestore.data import save_image
 from jaxrestore.models import drunet
 from jaxrestore.train import config_from_dict, train_irestnet
 from jaxrestore.train.denoiser import denoiser_config_from_dict, train_denoiser
+from jaxrestore.train.golf import golf_config_from_dict, train_golf
 from jaxrestore.train.log import read_metrics
 from jaxrestore.train.reg import reg_config_from_dict, train_reg
 from jaxrestore.train.suppa import suppa_config_from_dict, train_suppa
@@ -53,6 +54,12 @@ def configs(root: Path) -> dict:
             "noise": {"val_sigmas": [25]},
             "schedule": {"batch_size": BATCH, "steps": 4, "lr": 1e-3, "halve_every": 2, "validate_every": 2, "log_every": 1},
             "checkpoint": {"every": 2, "keep": 5}}),
+        "golf": (golf_config_from_dict, train_golf, {
+            "kind": "golf", "model": {"g1_width": 3, "g2_width": 2}, "data": data,
+            "blur": {"size": 5, "min_length": 1, "noise_max": 2.55},
+            "schedule": {"batch_size": BATCH, "iterations": 2, "g2_steps": 2, "g1_steps": 2, "lr": 1e-3, "lr_end": 1e-4,
+                         "validate_every": 1, "log_every": 1},
+            "checkpoint": {"every": 1, "keep": 5}}),
         "irestnet": (config_from_dict, train_irestnet, {
             "preset": "gaussA", "data": {**data, "crop": 32, "val_crop": 32}, "model": {"num_layers": 2, "lpp_features": 4},
             "schedule": {"greedy_layers": 1, "batch_size": BATCH, "steps_per_epoch": 2, "log_every": 1,
