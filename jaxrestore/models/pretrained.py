@@ -31,6 +31,16 @@ def irestnet(preset: str = "gaussA"):
     return load_weights(path)
 
 
+def _shipped(prefix: str, name: str, what: str, how: str) -> Path:
+    """The shipped ``{prefix}_{name}.npz``, or ``ValueError`` listing what is shipped and ``how``
+    to train one."""
+    path = WEIGHTS_DIR / f"{prefix}_{name}.npz"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem.removeprefix(f"{prefix}_") for p in WEIGHTS_DIR.glob(f"{prefix}_*.npz"))) or "none"
+        raise ValueError(f"no shipped {what} weights named {name!r} (shipped: {shipped}); {how}")
+    return path
+
+
 def drunet_path(name: str = "small") -> Path:
     return WEIGHTS_DIR / f"drunet_{name}.npz"
 
@@ -39,11 +49,7 @@ def drunet(name: str = "small"):
     """Our trained :class:`~jaxrestore.models.drunet.DRUNet` Gaussian denoiser (``small``: the
     package's default denoiser, trained by ``jaxrestore train denoiser/small``). Raises
     ``ValueError`` if none is shipped under that name."""
-    path = drunet_path(name)
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem.removeprefix("drunet_") for p in WEIGHTS_DIR.glob("drunet_*.npz"))) or "none"
-        raise ValueError(f"no shipped DRUNet weights named {name!r} (shipped: {shipped}); train them with "
-                         f"`jaxrestore train denoiser/{name}`")
+    path = _shipped("drunet", name, "DRUNet", f"train them with `jaxrestore train denoiser/{name}`")
     from jaxrestore.models.drunet import load_weights
 
     return load_weights(path)
@@ -64,11 +70,8 @@ def reg(name: str = "cpu"):
     """Our trained PnP-ReG :class:`~jaxrestore.models.reg.RegPair` (``cpu``: the package's default
     regulariser, trained by ``jaxrestore train reg/cpu``; ``cpu-frozen``: the ablation with the
     denoiser frozen, when shipped). Raises ``ValueError`` if none is shipped under that name."""
-    path = reg_path(name)
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem.removeprefix("reg_") for p in WEIGHTS_DIR.glob("reg_*.npz"))) or "none"
-        raise ValueError(f"no shipped PnP-ReG weights named {name!r} (shipped: {shipped}); train them with "
-                         f"`jaxrestore train reg/{name}` and pass the reg_{name}.npz it writes")
+    path = _shipped("reg", name, "PnP-ReG", f"train them with `jaxrestore train reg/{name}` and pass the "
+                    f"reg_{name}.npz it writes")
     from jaxrestore.models.reg import load_pair
 
     return load_pair(path)
@@ -98,11 +101,8 @@ def golf(name: str = "cpu"):
     """Our trained :class:`~jaxrestore.models.golf.Golf` blind deblurrer (``cpu``: trained by
     ``jaxrestore train golf/cpu`` on synthetic camera shake). Raises ``ValueError`` if none is
     shipped under that name."""
-    path = golf_path(name)
-    if not path.is_file():
-        shipped = ", ".join(sorted(p.stem.removeprefix("golf_") for p in WEIGHTS_DIR.glob("golf_*.npz"))) or "none"
-        raise ValueError(f"no shipped Golf weights named {name!r} (shipped: {shipped}); train them with "
-                         f"`jaxrestore train golf/{name}` and pass the golf_{name}.npz it writes")
+    path = _shipped("golf", name, "Golf", f"train them with `jaxrestore train golf/{name}` and pass the "
+                    f"golf_{name}.npz it writes")
     from jaxrestore.models.golf import load_golf
 
     return load_golf(path)

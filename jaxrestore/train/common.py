@@ -30,6 +30,16 @@ def cosine_lr(lr: float, lr_end: float, steps: int):
     return optax.cosine_decay_schedule(lr, steps, alpha=lr_end / lr)
 
 
+RUN_ONLY_KEYS = ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "name", "devices")
+
+
+def run_identity(config_dict: dict) -> dict:
+    """What a resumed run must agree on: the config record without the keys that only say where
+    and how often a run writes (:data:`RUN_ONLY_KEYS`), so a run may move folders, log more often
+    or change device count."""
+    return {k: v for k, v in config_dict.items() if k not in RUN_ONLY_KEYS}
+
+
 class TrainingDiverged(ValueError):
     """The training loss became NaN or infinite (typically a learning rate too high)."""
 
@@ -75,4 +85,4 @@ def check_run_identity(config, resuming: bool, *, write: bool = True) -> None:
         f.write("\n")
 
 
-__all__ = ["TrainingDiverged", "TrainResult", "check_run_identity", "strong"]
+__all__ = ["TrainingDiverged", "TrainResult", "check_run_identity", "run_identity", "RUN_ONLY_KEYS", "strong"]

@@ -53,7 +53,7 @@ from flax import nnx
 from jaxrestore.data import ImageFolder
 from jaxrestore.metrics import psnr
 from jaxrestore.models.drunet import DRUNetConfig, create, save_weights
-from jaxrestore.train.common import TrainResult, cosine_lr, strong
+from jaxrestore.train.common import TrainResult, cosine_lr, run_identity, strong
 from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, load_yaml, mesh_devices, top_reader
 from jaxrestore.train.data import TrainImages, step_keys
 from jaxrestore.train.loop import Cadence, Run, Stage, run_stages
@@ -97,10 +97,7 @@ class DenoiserTrainConfig:
 
     def run_identity(self) -> dict:
         """What a resumed run must agree on (not the folder, logging or checkpoint cadence)."""
-        d = self.to_dict()
-        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "name", "devices"):
-            d.pop(k)
-        return d
+        return run_identity(self.to_dict())
 
 
 def denoiser_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> DenoiserTrainConfig:

@@ -65,7 +65,7 @@ from jaxrestore.metrics import psnr
 from jaxrestore.models.features import random_features
 from jaxrestore.models.golf import Golf, GolfConfig, merge as merge_golf, residual_fn, save_golf, split as split_golf
 from jaxrestore.solvers.golf import trajectory
-from jaxrestore.train.common import TrainResult, strong
+from jaxrestore.train.common import TrainResult, run_identity, strong
 from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, load_yaml, mesh_devices, top_reader
 from jaxrestore.train.data import TrainImages, _compact, _draw_crops, step_keys
 from jaxrestore.train.loop import Cadence, Run, Stage, run_stages
@@ -114,10 +114,7 @@ class GolfTrainConfig:
         return d
 
     def run_identity(self) -> dict:
-        d = self.to_dict()
-        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "name", "devices"):
-            d.pop(k)
-        return d
+        return run_identity(self.to_dict())
 
 
 def golf_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> GolfTrainConfig:

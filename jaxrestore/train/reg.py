@@ -53,7 +53,7 @@ from jaxrestore.data import ImageFolder
 from jaxrestore.metrics import psnr
 from jaxrestore.models.drunet import DRUNetConfig, create as create_drunet, load_weights as load_drunet
 from jaxrestore.models.reg import RegPair, g_config, save_pair
-from jaxrestore.train.common import TrainResult, strong
+from jaxrestore.train.common import TrainResult, run_identity, strong
 from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, load_yaml, mesh_devices, top_reader
 from jaxrestore.train.data import TrainImages, step_keys
 from jaxrestore.train.log import read_metrics
@@ -98,10 +98,7 @@ class RegTrainConfig:
         return d
 
     def run_identity(self) -> dict:
-        d = self.to_dict()
-        for k in ("out_dir", "log_every", "checkpoint_every", "checkpoint_keep", "name", "devices"):
-            d.pop(k)
-        return d
+        return run_identity(self.to_dict())
 
 
 def _denoiser_path(name: str) -> Path:
