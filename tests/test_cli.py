@@ -13,6 +13,8 @@ import PIL.Image
 import pytest
 
 from jaxrestore import cli, kernels
+from jaxrestore.cli import classic as cli_classic
+from jaxrestore.cli import demo as cli_demo
 from jaxrestore.data import load_image, save_image
 from jaxrestore.metrics import psnr
 
@@ -94,13 +96,13 @@ def test_folder_mode_keeps_names_and_compiles_once(tmp_path, capsys):
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "deg").iterdir()) == ["a.png", "b.png", "c.png"]
 
-    before = cli._var._cache_size()
+    before = cli_classic.var_restore._cache_size()
     code, out, err = run_cli(capsys, "restore", tmp_path / "deg", "-o", tmp_path / "out", "--kernel-shape", "box:3",
                              "--iterations", 13, "--reference", src)
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png"]
     # three same-size images, one compilation (13 iterations is used by no other test)
-    assert cli._var._cache_size() - before == 1
+    assert cli_classic.var_restore._cache_size() - before == 1
     # every image is matched to its reference by stem (a.png <- a.jpg) and a mean row follows
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][1:] == \
         ["a.png", "b.png", "c.png", "mean"]
@@ -164,8 +166,8 @@ def test_demo_writes_files_and_var_beats_degraded(tmp_path, capsys):
         assert load_image(out_dir / f"{name}.png").shape == (SIZE, SIZE, 3)
     assert not (out_dir / "irestnet.png").exists()
     comparison = load_image(out_dir / "comparison.png")
-    assert comparison.shape == (SIZE, 4 * SIZE + 3 * cli.COMPARISON_GAP, 3)
-    assert np.all(comparison[:, SIZE : SIZE + cli.COMPARISON_GAP] == 1.0)
+    assert comparison.shape == (SIZE, 4 * SIZE + 3 * cli_demo.COMPARISON_GAP, 3)
+    assert np.all(comparison[:, SIZE : SIZE + cli_demo.COMPARISON_GAP] == 1.0)
     rows = _demo_rows(out)
     assert set(rows) == {"degraded", "wiener", "var"}
     assert rows["var"][0] > rows["degraded"][0] + 1.0
@@ -185,7 +187,7 @@ def test_demo_restores_with_our_irestnet_weights(tmp_path, capsys):
     assert rows["irestnet"][0] > rows["degraded"][0] + 1.0 and rows["irestnet"][1] > rows["degraded"][1] + 0.03
     restored, clean = load_image(out_dir / "irestnet.png"), load_image(out_dir / "clean.png")
     assert np.abs(restored.mean(axis=(0, 1)) - clean.mean(axis=(0, 1))).max() < 0.02
-    assert load_image(out_dir / "comparison.png").shape == (SIZE, 5 * SIZE + 4 * cli.COMPARISON_GAP, 3)
+    assert load_image(out_dir / "comparison.png").shape == (SIZE, 5 * SIZE + 4 * cli_demo.COMPARISON_GAP, 3)
 
 
 def test_help_says_degrade_output_is_quantised(capsys):

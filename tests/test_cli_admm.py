@@ -129,3 +129,27 @@ def test_suppa_sr2_uses_the_shipped_model(files, tmp_path, capsys):
     assert "explicit model suppa_explicit_sr2.npz (trained for sr2)" in capsys.readouterr().out
     lr = load_image(files / "lr.png")
     assert load_image(out).shape == (2 * lr.shape[0], 2 * lr.shape[1], lr.shape[2])
+
+
+def test_pnp_admm_takes_a_pytorch_drunet_state_dict(files, tmp_path, capsys):
+    """--weights FILE.pth (a deepinv/KAIR state dict, read without torch) gives the same result as
+    the library with drunet.load_torch of that file."""
+    from pathlib import Path
+
+    pth = Path(__file__).parent / "fixtures" / "drunet_color.pth"
+    out = tmp_path / "sr_pth.png"
+    assert cli.main(["restore", str(files / "lr.png"), "-o", str(out), "--method", "pnp-admm", "--scale", "2",
+                     "--weights", str(pth), "--iterations", "2"]) == 0
+    assert f"weights {pth}" in capsys.readouterr().out
+    den, net = drunet.as_denoiser(drunet.load_torch(pth))
+    op = Downsample.from_kernel(kernels.bicubic(2, antialias=False), (24, 24), 2)
+    p = PNP_PARAMS["sr2"]
+    ref = pnp_admm(op, den, net, jnp.asarray(load_image(files / "lr.png")), noise_sigma=0.0, num_iters=2,
+                   sigma_max=p["sigma_max"], sigma_min=p["sigma_min"], lam=p["lam"])
+    np.testing.assert_allclose(load_image(out), np.round(np.clip(np.asarray(ref), 0, 1) * 255) / 255, atol=1.5 / 255)
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a state dict")
+    assert cli.main(["restore", str(files / "lr.png"), "-o", str(tmp_path / "x.png"), "--method", "pnp-admm",
+                     "--scale", "2", "--weights", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxrestore: error:") and "notes.pth" in err and len(err.strip().splitlines()) == 1

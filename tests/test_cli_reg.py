@@ -13,7 +13,7 @@ from flax import nnx
 from test_cli_train import assert_one_line_error
 
 from jaxrestore import cli, kernels
-from jaxrestore.cli_reg import bernoulli_mask
+from jaxrestore.cli.reg import bernoulli_mask
 from jaxrestore.data import load_image, save_image
 from jaxrestore.models.drunet import DRUNetConfig
 from jaxrestore.models.reg import RegPair, as_gradient, g_config, save_pair

@@ -189,7 +189,7 @@ def denoise(model: DRUNet, x, sigma):
 
 
 __all__ = ["DRUNetConfig", "DRUNet", "PUBLISHED", "SMALL", "ResBlock", "create", "as_denoiser", "self_ensemble", "denoise", "save_weights", "load_weights",
-           "weights_metadata", "FORMAT"]
+           "weights_metadata", "load_torch", "FORMAT"]
 
 
 # ----------------------------------------------------------------------------- weights files
@@ -237,3 +237,16 @@ def weights_metadata(path) -> dict:
     from jaxrestore.models import weights_io as wio
 
     return wio.metadata(wio.read(path, FORMAT, "DRUNet"))
+
+
+def load_torch(path, config: DRUNetConfig | None = None) -> DRUNet:
+    """The :class:`DRUNet` holding the weights of a PyTorch DRUNet file: KAIR/DPIR's
+    ``drunet_color.pth`` or ``drunet_gray.pth``, or a deepinv ``DRUNet`` state dict, bare or
+    nested in a checkpoint (``{"state_dict": ...}``). Read without torch, unpickling nothing but
+    tensors (:mod:`jaxrestore.models.torch_state`). ``config`` defaults to the one the weights'
+    shapes imply (widths, blocks, 1 or 3 image channels); a file that is not a torch state dict,
+    or whose keys or shapes do not match, raises ``ValueError``. The network takes ``sigma`` on
+    the ``[0, 1]`` scale, as KAIR's noise map (``sigma / 255`` for 8-bit levels) and deepinv do."""
+    from jaxrestore.models import torch_state
+
+    return torch_state.load_drunet(path, config)

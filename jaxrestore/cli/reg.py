@@ -22,9 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrestore.cli.common import (Report, blur_model, has_blur, inputs, load_reference, noise_level, outputs,
+                                   positive, references, say)
 from jaxrestore.data import load_image
 from jaxrestore.operators import Downsample, Inpaint
 from jaxrestore.solvers import pnp_gd, run
+
+METHODS = ("reg-gd",)
+OPTIONS = {"mask": "--mask", "keep": "--keep", "mu": "--mu"}
 
 REPRESENTATIVE = {"deblur": "k2_2.55", "inpaint": "keep0.2", "sr2": "x2"}  # whose tuned values the CLI uses
 
@@ -86,15 +91,22 @@ def _task(args) -> str:
     return "deblur"
 
 
-def restore_reg_gd(args, cli) -> int:
-    """The ``restore`` subcommand for ``--method reg-gd``; ``cli`` is :mod:`jaxrestore.cli`
-    (shared input/output helpers)."""
+def add_options(parser) -> None:
+    g = parser.add_argument_group("reg-gd (PnP gradient descent with the learned regularising gradient)")
+    g.add_argument("--mask", metavar="FILE", help="inpainting: the mask (.png, white = observed; or .npy in [0, 1])")
+    g.add_argument("--keep", type=float, metavar="P", help="inpainting: rebuild the Bernoulli mask of "
+                   "'degrade --keep P --seed N' (with --seed)")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="--keep: the seed the mask was drawn with (default 0)")
+    g.add_argument("--mu", type=float, metavar="MU", help="step size (Adam's learning rate on x; default: the tuned value)")
+
+
+def restore(args) -> int:
+    """``restore --method reg-gd`` for deblurring, x2 super-resolution or inpainting."""
     from jaxrestore.models import pretrained
     from jaxrestore.models.reg import as_gradient, load_pair
     from jaxrestore.protocols import reg as protocol
 
-    for name, value in (("--mu", args.mu),):
-        cli._positive(value, name)
+    positive(args.mu, "--mu")
     task = _task(args)
     base = protocol.reg_settings(REPRESENTATIVE[task])
     rep = protocol.setting(REPRESENTATIVE[task])
@@ -107,29 +119,28 @@ def restore_reg_gd(args, cli) -> int:
     else:
         pair, origin = pretrained.reg("cpu"), "the shipped regulariser (reg_cpu)"
     grad_fn, g_params = as_gradient(pair.G)
-    blur = cli._blur_model(args) if task != "inpaint" and (args.preset or args.kernel or args.kernel_shape) else None
-    inputs, is_folder = cli._inputs(args.input, skip_bad=args.skip_bad)
-    outputs = cli._outputs(inputs, is_folder, args.output)
-    refs = cli._references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
+    blur = blur_model(args) if task != "inpaint" and has_blur(args) else None
+    srcs, is_folder = inputs(args.input, skip_bad=args.skip_bad)
+    dsts = outputs(srcs, is_folder, args.output)
+    refs = references(args.reference, srcs, is_folder)
     if task == "inpaint":
         what = f"inpainting, mask {args.mask}" if args.mask else f"inpainting, Bernoulli mask keeping {args.keep:g} (seed {args.seed})"
     elif task == "sr2":
         what = (blur.description if blur else "bicubic a=-0.75, antialiased") + ", then decimation by 2"
     else:
         what = blur.description
-    cli._say(f"forward model: {what}; reg-gd with {origin}: Adam on x, step {mu:g}, {iterations} iterations, "
-             "dihedral cycle")
+    say(f"forward model: {what}; reg-gd with {origin}: Adam on x, step {mu:g}, {iterations} iterations, "
+        "dihedral cycle")
     # every input and its mask checked before anything is computed
     images = []
-    for src in inputs:
+    for src in srcs:
         y = load_image(src)
         mask = None
         if task == "inpaint":
             mask = load_mask(args.mask, y.shape) if args.mask else bernoulli_mask(y.shape, args.keep, args.seed)
         images.append((y, mask))
-    rows = []
-    with cli._progress(len(inputs), is_folder, "restore") as bar:
-        for src, dst, ref, (y, mask) in zip(inputs, outputs, refs, images):
+    with Report("reg-gd", len(srcs), is_folder, with_input=False) as report:
+        for src, dst, ref, (y, mask) in zip(srcs, dsts, refs, images):
             if task == "inpaint":
                 op = Inpaint.create(jnp.asarray(mask))
                 sigma_r = args.sigma if args.sigma is not None else base["sigma_r"]
@@ -141,21 +152,13 @@ def restore_reg_gd(args, cli) -> int:
                     op = Downsample.from_kernel(jnp.asarray(kernel, jnp.float32), (2 * y.shape[0], 2 * y.shape[1]), 2, conv)
                 else:
                     op = blur.operator(y.shape)
-                noise, how = cli._noise_level(args, blur.preset if blur else None, y)
+                noise, how = noise_level(args, blur.preset if blur else None, y)
                 sigma_r = max(noise, 0.5 / 255) * base["sigma_r"] / rep.noise  # the tuned multiple of the noise level
-            gt = cli._reference_for(ref, op)
+            gt = load_reference(ref, src, op.shape)
             x = np.asarray(_reg_gd(op, jnp.asarray(y), g_params, jnp.float32(sigma_r), jnp.float32(mu), grad_fn=grad_fn,
                                    iterations=int(iterations)))
-            cli.save_image(dst, x)
-            cli._say(f"{dst}: sigma_r {sigma_r * 255:.3g}/255 ({how})")
-            if gt is not None:
-                rows.append([src.name, float(cli.psnr(jnp.asarray(x), jnp.asarray(gt))), float(cli.ssim(jnp.asarray(x), gt))])
-            bar.update()
-    if rows:
-        means = np.mean([r[1:] for r in rows], axis=0)
-        print("\nquality against --reference (reg-gd; before 8-bit rounding):")
-        print(cli._markdown(["image", "PSNR", "SSIM"], rows + [["mean", *means]]))
+            report.done(src, dst, y, x, gt, f"sigma_r {sigma_r * 255:.3g}/255 ({how})")
     return 0
 
 
-__all__ = ["restore_reg_gd", "bernoulli_mask", "load_mask"]
+__all__ = ["restore", "add_options", "bernoulli_mask", "load_mask"]

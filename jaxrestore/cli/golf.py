@@ -12,14 +12,25 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrestore.cli.common import Report, inputs, load_reference, outputs, references, say
 from jaxrestore.data import load_image
 
+METHODS = ("golf",)
+OPTIONS = {"tol": "--tol", "tile": "--tile"}
 AUTO_TILE_PIXELS = 2_000_000   # above this (H x W), tiles by default: a 12 MP photo needs several GiB untiled
 DEFAULT_TILE = 512
 
 
-def restore_golf(args, cli) -> int:
-    """The ``restore`` subcommand for ``--method golf``; ``cli`` is :mod:`jaxrestore.cli`."""
+def add_options(parser) -> None:
+    g = parser.add_argument_group("golf (blind deblurring: no kernel; --iterations is the number of G2 steps, default 3)")
+    g.add_argument("--tol", type=float, metavar="T", help="stop the G2 iterations once the relative update is below T")
+    g.add_argument("--tile", type=int, metavar="PX", help="process in overlapping PX x PX tiles (same result, less memory; "
+                   "default: tiles of 512 above 2 megapixels)")
+
+
+def restore(args) -> int:
+    """``restore --method golf``: checks that no kernel or parameter of the non-blind methods was
+    given, then every input (readable, RGB, finite, its tile size), then restores."""
     from jaxrestore.models import pretrained
     from jaxrestore.models.golf import check_input, deblur, load_golf
     from jaxrestore.tiling import check_tiling
@@ -38,12 +49,12 @@ def restore_golf(args, cli) -> int:
         model, origin = load_golf(args.weights), f"weights {args.weights}"
     else:
         model, origin = pretrained.golf("cpu"), "the shipped model (golf_cpu)"
-    inputs, is_folder = cli._inputs(args.input, skip_bad=args.skip_bad)
-    outputs = cli._outputs(inputs, is_folder, args.output)
-    refs = cli._references(args.reference, inputs, is_folder) if args.reference else [None] * len(inputs)
+    srcs, is_folder = inputs(args.input, skip_bad=args.skip_bad)
+    dsts = outputs(srcs, is_folder, args.output)
+    refs = references(args.reference, srcs, is_folder)
     # every input checked (readable, RGB, finite, tile fits) before anything is computed
     images = []
-    for src in inputs:
+    for src in srcs:
         y = load_image(src)
         try:
             check_input(model, y, name=str(src))
@@ -54,30 +65,17 @@ def restore_golf(args, cli) -> int:
             raise ValueError(f"{src}: {e}") if str(src) not in str(e) else e from None
         images.append((y, tile))
     stop = f", stopping once the update is below {args.tol:g}" if args.tol is not None else ""
-    cli._say(f"blind deblurring: golf with {origin}, G1 then {iterations} G2 iterations{stop}")
-    rows = []
-    with cli._progress(len(inputs), is_folder, "restore") as bar:
-        for src, dst, ref, (y, tile) in zip(inputs, outputs, refs, images):
-            gt = None
-            if ref is not None:
-                gt = load_image(ref)
-                if gt.shape != y.shape:
-                    raise ValueError(f"reference {ref} is {gt.shape[0]}x{gt.shape[1]} but {src} is {y.shape[0]}x{y.shape[1]}")
+    say(f"blind deblurring: golf with {origin}, G1 then {iterations} G2 iterations{stop}")
+    with Report("golf", len(srcs), is_folder) as report:
+        for src, dst, ref, (y, tile) in zip(srcs, dsts, refs, images):
+            gt = load_reference(ref, src, y.shape)
             x, info = deblur(model, jnp.asarray(y), iterations=iterations, tol=args.tol, tile=tile)
             x = np.clip(np.asarray(x), 0.0, 1.0)
-            cli.save_image(dst, x)
             note = "" if bool(info.converged) else f" (not below --tol {args.tol:g})"
             tiles = f"; tiles {tile}x{tile}" if tile else ""
-            cli._say(f"{dst}: {int(info.iterations)} G2 iterations, last update {float(info.update):.3g}{note}{tiles}")
-            if gt is not None:
-                rows.append([src.name, *(float(v) for v in cli._quality(jnp.asarray(y), gt)),
-                             *(float(v) for v in cli._quality(jnp.asarray(x), gt))])
-            bar.update()
-    if rows:
-        means = np.mean([r[1:] for r in rows], axis=0)
-        print("\nquality against --reference (golf; before 8-bit rounding):")
-        print(cli._markdown(["image", "input PSNR", "input SSIM", "PSNR", "SSIM"], rows + [["mean", *means]]))
+            report.done(src, dst, y, x, gt, f"{int(info.iterations)} G2 iterations, last update {float(info.update):.3g}"
+                        f"{note}{tiles}")
     return 0
 
 
-__all__ = ["restore_golf", "AUTO_TILE_PIXELS", "DEFAULT_TILE"]
+__all__ = ["restore", "add_options", "AUTO_TILE_PIXELS", "DEFAULT_TILE"]
