@@ -62,7 +62,7 @@ def test_table_scores_each_method_and_writes_the_json(pairs, tmp_path, capsys):
     assert set(saved["psnr"]) == {"blurred", "g1", "golf-1", "golf-3", "golf-10", "pnp-admm-true-kernel"}
     assert saved["params"]["g1"] == saved["params"]["g2"] == 3074  # TINY: 147 F + 2 (74 F^2 + 4 F) + Layer 2 + head
     assert saved["psnr"]["golf-3"] != saved["psnr"]["blurred"]
-    assert np.isfinite(saved["psnr"]["pnp-admm-true-kernel"])  # its quality is measured on real images (README)
+    assert np.isfinite(saved["psnr"]["pnp-admm-true-kernel"])  # its quality is measured on real images (docs/methods/golf.md)
     # blurred's PSNR is the metric of the files themselves
     from jaxrestore.metrics import psnr
 

@@ -62,7 +62,7 @@ def test_shipped_model_deblurs_unseen_val_images(model, shared_data):
 
 
 @requires_shared
-@pytest.mark.xfail(strict=True, reason="known defect (README, Golf section): the CPU-trained G2 was trained for 3 "
+@pytest.mark.xfail(strict=True, reason="known defect (docs/methods/golf.md): the CPU-trained G2 was trained for 3 "
                    "iterations and diverges beyond them (golf-10 about 3.6 dB below blurred)")
 def test_more_iterations_do_not_blow_up(model, shared_data):
     y, x = _val_pairs(shared_data)

@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     t.add_argument("--devices", type=int, metavar="N",
                    help="data-parallel over the first N visible devices (default: the config's mesh.devices, else all); "
                         "the batch size must divide by N. Multi-host: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES "
-                        "and JAX_PROCESS_ID (see the README)")
+                        "and JAX_PROCESS_ID (see docs/training.md)")
     t.set_defaults(run=run)
 
 

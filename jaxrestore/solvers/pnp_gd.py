@@ -99,10 +99,14 @@ def reg_initial_estimate(op, y):
 def pnp_gd(op, grad_fn: GradFn, *, sigma, mu, optimizer: str = "adam", ensemble: str | None = "cycle", x0=None) -> Solver:
     """The PnP-GD solver for the operator ``op`` (``Blur``, ``Downsample``, ``Inpaint``, ...).
 
-    sigma: the regularisation weight's noise level ``sigma_r`` (the authors: the noise std; 1 for
-        noiseless inpainting), on the ``[0, 1]`` scale. mu: the step size (Adam's learning rate).
-    x0: the starting image (default :func:`reg_initial_estimate`). ``init(y)`` builds the state,
-    ``step(state, params)`` one iteration with ``G``'s parameters ``params``."""
+    Args:
+      sigma: the regularisation weight's noise level ``sigma_r`` (the authors: the noise std; 1
+        for noiseless inpainting), on the ``[0, 1]`` scale.
+      mu: the step size (Adam's learning rate).
+      x0: the starting image (default :func:`reg_initial_estimate`).
+
+    ``init(y)`` builds the state, ``step(state, params)`` one iteration with ``G``'s parameters
+    ``params``."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if ensemble not in ENSEMBLES:

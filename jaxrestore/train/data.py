@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrestore.data import ImageFolder, list_images, load_image
+from jaxrestore.data import IMAGE_EXTENSIONS, ImageFolder, list_images, load_image
 from jaxrestore.noise import add_noise
 from jaxrestore.operators import Blur
 
@@ -49,7 +49,8 @@ class TrainImages:
     def __init__(self, folders, crop: int):
         paths = [p for folder in folders for p in list_images(folder)]
         if not paths:
-            raise ValueError(f"no training images in {', '.join(str(f) for f in folders)}")
+            raise ValueError(f"no training images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(str(f) for f in folders)}; "
+                             "point data.train (or --train-dir DIR, repeatable) at folders of images")
         self.crop = int(crop)
         self.paths = paths
         self.images = []

@@ -49,14 +49,15 @@ FORMAT = 2  # the checkpoint meta layout written by this loop (older layouts are
 class Stage:
     """One optimizer's worth of training.
 
-    enter(params) -> (params, opt_state): called at the stage's first step; initialises what the
-        stage trains (e.g. a layer copied from the previous one) and returns the fresh optimizer
-        state. Must be pure: it also gives the optimizer state's structure when resuming.
-    step(params, opt_state, step) -> (params, opt_state, loss, aux): one update; ``step`` is the
-        global step index (0-based) the batch is drawn for; ``aux`` is a dict of scalars,
-        averaged over the logged window like the loss.
-    validate(params) -> (score, fields): the score to maximise and the record fields.
-    fields(params, step) -> dict: extra record fields at a logged step (``step`` = updates done).
+    - ``enter(params) -> (params, opt_state)``: called at the stage's first step; initialises
+      what the stage trains (e.g. a layer copied from the previous one) and returns the fresh
+      optimizer state. Must be pure: it also gives the optimizer state's structure when resuming.
+    - ``step(params, opt_state, step) -> (params, opt_state, loss, aux)``: one update; ``step``
+      is the global step index (0-based) the batch is drawn for; ``aux`` is a dict of scalars,
+      averaged over the logged window like the loss.
+    - ``validate(params) -> (score, fields)``: the score to maximise and the record fields.
+    - ``fields(params, step) -> dict``: extra record fields at a logged step (``step`` = updates
+      done).
     """
 
     name: str
