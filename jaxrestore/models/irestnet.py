@@ -34,6 +34,7 @@ from flax import nnx
 
 from jaxrestore._validation import check_image
 from jaxrestore.noise import estimate_sigma
+from jaxrestore.operators import Blur
 from jaxrestore.prox import barrier_prox
 from jaxrestore.regularizers import diff_h, diff_v, tv_smooth_grad
 
@@ -74,6 +75,39 @@ def adaptive_avg_pool(x, size: tuple[int, int]):
     return jnp.einsum("ih,nhwc,jw->nijc", ph, x, pw)
 
 
+def conv_pool(conv: nnx.Conv, x, size: tuple[int, int], *, channels_first: bool = False):
+    """``adaptive_avg_pool(conv(x), size)`` for a stride-1 "same" ``nnx.Conv`` with an odd kernel,
+    on ``(N, H, W, C)`` images (``(N, C, H, W)`` with ``channels_first``).
+
+    When the pooling is uniform (``H = f h``, ``W = g w``: the published layer's ``AvgPool(4)``),
+    the average of ``f x g`` outputs of a ``k x k`` convolution is one convolution of stride
+    ``(f, g)`` with the ``(k + f - 1) x (k + g - 1)`` kernel ``conv.kernel`` convolved with the
+    ``f x g`` box, divided by ``f g``: the same values up to float rounding (the sums are
+    reordered), computed at the pooled resolution with ``f g`` times fewer multiply-adds and no
+    full-size intermediate. Otherwise it is the convolution followed by :func:`adaptive_avg_pool`.
+    """
+    H, W = x.shape[2:] if channels_first else x.shape[1:3]
+    w = conv.kernel[...]
+    kh, kw = w.shape[:2]
+    if H % size[0] or W % size[1] or kh % 2 == 0 or kw % 2 == 0:
+        if channels_first:
+            return adaptive_avg_pool(conv(x.transpose(0, 2, 3, 1)), size).transpose(0, 3, 1, 2)
+        return adaptive_avg_pool(conv(x), size)
+    f, g = H // size[0], W // size[1]
+    box = jnp.zeros((kh + f - 1, kw + g - 1) + w.shape[2:], w.dtype)
+    for a in range(f):
+        for b in range(g):
+            box = box.at[a:a + kh, b:b + kw].add(w)
+    layout = ("NCHW", "HWIO", "NCHW") if channels_first else ("NHWC", "HWIO", "NHWC")
+    out = jax.lax.conv_general_dilated(x, box / (f * g), (f, g), [(kh // 2, kh // 2 + f - 1), (kw // 2, kw // 2 + g - 1)],
+                                       dimension_numbers=layout)
+    if channels_first:
+        out = out[:, :, : size[0], : size[1]]
+        return out if conv.bias is None else out + conv.bias[...][:, None, None]
+    out = out[:, : size[0], : size[1]]
+    return out if conv.bias is None else out + conv.bias[...]
+
+
 class BarrierNet(nnx.Module):
     """``L_mu``: the barrier weight ``mu_k > 0`` of each image from the current iterate."""
 
@@ -84,10 +118,10 @@ class BarrierNet(nnx.Module):
         self.linear = nnx.Linear(h * w, 1, rngs=rngs)
         self.pool_sizes = tuple(tuple(p) for p in pool_sizes)
 
-    def __call__(self, x):  # (N, H, W, 3) -> (N,)
-        h = jax.nn.softplus(adaptive_avg_pool(self.conv1(x), self.pool_sizes[0]))
-        h = jax.nn.softplus(adaptive_avg_pool(self.conv2(h), self.pool_sizes[1]))
-        return jax.nn.softplus(self.linear(h.reshape(h.shape[0], -1)))[:, 0]
+    def __call__(self, x, *, channels_first: bool = False):  # (N, H, W, 3) or (N, 3, H, W) -> (N,)
+        h = jax.nn.softplus(conv_pool(self.conv1, x, self.pool_sizes[0], channels_first=channels_first))
+        h = jax.nn.softplus(conv_pool(self.conv2, h, self.pool_sizes[1], channels_first=channels_first))
+        return jax.nn.softplus(self.linear(h.reshape(h.shape[0], -1)))[:, 0]  # one channel: the same flattening
 
 
 class IRestNetLayer(nnx.Module):
@@ -101,25 +135,44 @@ class IRestNetLayer(nnx.Module):
         self.reg_mul = nnx.Param(jnp.asarray(-7.0, jnp.float32))
         self.reg_constant = nnx.Param(jnp.asarray(-5.0, jnp.float32))
 
-    def hyperparameters(self, x, sigma):
+    def hyperparameters(self, x, sigma, *, channels_first: bool = False):
         """``(gamma, mu, lam)``: ``gamma`` scalar, ``mu`` and ``lam`` per image ``(N,)``."""
         gamma = jax.nn.softplus(self.gamma[...])
-        mu = self.barrier(x)
-        spread = jax.vmap(_gradient_spread)(x)
+        mu = self.barrier(x, channels_first=channels_first)
+        spread = jax.vmap(_gradient_spread_cf if channels_first else _gradient_spread)(x)
         lam = sigma * jax.nn.softplus(self.reg_mul[...]) / (spread + jax.nn.softplus(self.reg_constant[...]))
         return gamma, mu, lam
 
-    def __call__(self, x, aty, ops, sigma, config: IRestNetConfig):
-        gamma, mu, lam = self.hyperparameters(x, sigma)
-        gram = jax.vmap(lambda op, v: op.gram(v))(ops, x)
-        tv = jax.vmap(lambda v: tv_smooth_grad(v, config.delta, config.tv_gradient))(x)
+    def __call__(self, x, aty, ops, sigma, config: IRestNetConfig, *, channels_first: bool = False):
+        """``x_{k+1}`` from ``x_k`` (``(N, H, W, C)``; ``(N, C, H, W)`` with ``channels_first``,
+        the layout :meth:`IRestNet.run_layers` iterates in: the FFTs and the TV then run on
+        contiguous planes and nothing is transposed inside the layer)."""
+        if not channels_first:
+            to_cf = lambda a: a.transpose(0, 3, 1, 2)  # noqa: E731
+            return self(to_cf(x), to_cf(aty), ops, sigma, config, channels_first=True).transpose(0, 2, 3, 1)
+        gamma, mu, lam = self.hyperparameters(x, sigma, channels_first=True)
+        gram = jax.vmap(_gram_cf)(ops, x)
+        tv = jax.vmap(jax.vmap(lambda v: tv_smooth_grad(v, config.delta, config.tv_gradient)))(x)  # per plane
         u = x - gamma * (gram - aty + lam[:, None, None, None] * tv)
         return barrier_prox(u, (gamma * mu)[:, None, None, None], config.beta)
 
 
+def _gram_cf(op, v):
+    """``A^T A`` of one ``(C, H, W)`` image: for a :class:`~jaxrestore.operators.Blur`, one FFT
+    round trip over the last two axes; any other operator through its channels-last ``gram``."""
+    if isinstance(op, Blur):
+        return jnp.fft.irfft2(jnp.fft.rfft2(v) * (jnp.abs(op.otf) ** 2), s=op.shape)
+    return jnp.moveaxis(op.gram(jnp.moveaxis(v, 0, -1)), -1, 0)
+
+
 def _gradient_spread(x):
-    """``eta(x)``: population std of all entries of ``(D_v x, D_h x)`` (one image)."""
+    """``eta(x)``: population std of all entries of ``(D_v x, D_h x)`` (one ``(H, W, C)`` image)."""
     return jnp.std(jnp.stack([diff_v(x), diff_h(x)]))
+
+
+def _gradient_spread_cf(x):
+    """:func:`_gradient_spread` of one ``(C, H, W)`` image (the std does not depend on the order)."""
+    return jnp.std(jnp.stack([jax.vmap(diff_v)(x), jax.vmap(diff_h)(x)]))
 
 
 class PostProcessing(nnx.Module):
@@ -189,19 +242,25 @@ class IRestNet(nnx.Module):
         stop = self.config.num_layers if stop is None else stop
         if not 0 <= start <= stop <= self.config.num_layers:
             raise ValueError(f"need 0 <= start <= stop <= {self.config.num_layers}, got {start}, {stop}")
+        if isinstance(ops, Blur) and tuple(ops.shape) != tuple(y.shape[1:3]):
+            raise ValueError(f"the operators are for {ops.shape[0]}x{ops.shape[1]} images but y is "
+                             f"{y.shape[1]}x{y.shape[2]}")
         if sigma is None:
             sigma = jax.vmap(estimate_sigma)(y)
         aty = jax.vmap(lambda op, v: op.adjoint(v))(ops, y)
         graphdef, state = nnx.split(self.layers)
         state = jax.tree.map(lambda a: a[start:stop], state)
         config = self.config
+        to_cf, to_cl = (lambda a: jnp.moveaxis(a, -1, -3)), (lambda a: jnp.moveaxis(a, -3, -1))  # noqa: E731
 
-        def body(x, layer_state):
-            x = nnx.merge(graphdef, layer_state)(x, aty, ops, sigma, config)
+        def body(x, layer_state):  # channels first inside the scan: transposed once on each side
+            x = nnx.merge(graphdef, layer_state)(x, aty_cf, ops, sigma, config, channels_first=True)
             return x, (x if return_iterates else None)
 
-        x, iterates = jax.lax.scan(body, y if x is None else x, state)
-        return (x, iterates) if return_iterates else x
+        aty_cf = to_cf(aty)
+        x, iterates = jax.lax.scan(body, to_cf(y if x is None else x), state)
+        x = to_cl(x)
+        return (x, to_cl(iterates)) if return_iterates else x
 
     def __call__(self, y, ops, sigma=None, *, use_lpp: bool | None = None):
         x = self.run_layers(y, ops, sigma)

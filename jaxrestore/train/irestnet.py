@@ -157,21 +157,32 @@ def _observation_terms(ops, y):
     return jax.vmap(lambda op, v: op.adjoint(v))(ops, y), jax.vmap(estimate_sigma)(y)
 
 
-def _apply_layer(net: Net, layer, x, aty, ops, sigma):
-    return nnx.merge(net.layers_gd, layer)(x, aty, ops, sigma, net.config)
+def _apply_layer(net: Net, layer, x, aty, ops, sigma, *, channels_first: bool = False):
+    return nnx.merge(net.layers_gd, layer)(x, aty, ops, sigma, net.config, channels_first=channels_first)
+
+
+def _cf(a):
+    return jnp.moveaxis(a, -1, -3)
+
+
+def _cl(a):
+    return jnp.moveaxis(a, -3, -1)
 
 
 def run_frozen(net: Net, layers, y, ops, start, stop, x=None):
     """Layers ``start .. stop - 1`` from ``x`` (default ``y``), no gradient; ``start`` and
-    ``stop`` may be traced."""
+    ``stop`` may be traced. The loop runs channels first, as :meth:`IRestNet.run_layers`."""
     aty, sigma = _observation_terms(ops, y)
-    body = lambda i, v: _apply_layer(net, take_layer(layers, i), v, aty, ops, sigma)  # noqa: E731
-    return jax.lax.stop_gradient(jax.lax.fori_loop(start, stop, body, y if x is None else x))
+    aty = _cf(aty)
+    body = lambda i, v: _apply_layer(net, take_layer(layers, i), v, aty, ops, sigma, channels_first=True)  # noqa: E731
+    return jax.lax.stop_gradient(_cl(jax.lax.fori_loop(start, stop, body, _cf(y if x is None else x))))
 
 
 def _run_block(net: Net, block, x, aty, ops, sigma):
-    """A stack of layers (leading axis) from ``x``, differentiable (``lax.scan``)."""
-    return jax.lax.scan(lambda v, layer: (_apply_layer(net, layer, v, aty, ops, sigma), None), x, block)[0]
+    """A stack of layers (leading axis) from ``x``, differentiable (``lax.scan``, channels first)."""
+    aty = _cf(aty)
+    step = lambda v, layer: (_apply_layer(net, layer, v, aty, ops, sigma, channels_first=True), None)  # noqa: E731
+    return _cl(jax.lax.scan(step, _cf(x), block)[0])
 
 
 def _apply_lpp(gd, lpp, stats, x, residual: str):
