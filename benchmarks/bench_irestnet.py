@@ -290,6 +290,91 @@ def bench_train_step(num_layers: int, batch: int, size: int, repeats: int) -> di
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# One layer piece by piece, against the machine's own limits
+# --------------------------------------------------------------------------------------------
+
+
+def _alternate(fns: dict, repeats: int) -> dict:
+    """Median seconds of each jitted no-argument call, timed in turns (one call of each per round)
+    after a warm-up call of each, so that every part sees the same machine state."""
+    for f in fns.values():
+        jax.block_until_ready(f())
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def bench_parts(model: IRestNet, y, ops, repeats: int, matmul_flops_per_s: float) -> list[dict]:
+    """Seconds per image of the parts of one layer (channels first, as the scan runs them), of one
+    layer, of the ``K`` layers and of ``Lpp``, beside a floor built from this machine's limits:
+    each FFT round trip at the measured ``rfft2 + irfft2`` time of the batch, every other FLOP of
+    XLA's cost analysis at the measured matmul rate (elementwise work is memory-bound, so the floor
+    is optimistic for it)."""
+    from jaxrestore.models.irestnet import _gradient_spread_cf, _gram_cf
+    from jaxrestore.prox import barrier_prox
+    from jaxrestore.regularizers import tv_smooth_grad
+
+    n = y.shape[0]
+    config = model.config
+    graphdef, state = nnx.split(model.layer(0))
+    yc = jnp.moveaxis(y, -1, -3)
+    atyc = jnp.moveaxis(jax.vmap(lambda op, v: op.adjoint(v))(ops, y), -1, -3)
+    sigma = jnp.full((n,), NOISE_STD, y.dtype)
+    alpha = jnp.full((n, 1, 1, 1), 1e-3, y.dtype)
+    lpp_gd, lpp_state = nnx.split(model.lpp)
+    apply_fn, full_state = as_function(model)
+    parts = {
+        "fft round trip (rfft2 + irfft2)": (lambda x: jnp.fft.irfft2(jnp.fft.rfft2(x), s=x.shape[-2:]), (yc,)),
+        "L_mu (barrier weight network)": (lambda st, x: nnx.merge(graphdef, st).barrier(x, channels_first=True), (state, yc)),
+        "eta (gradient spread)": (lambda x: jax.vmap(_gradient_spread_cf)(x), (yc,)),
+        "data gradient H^T H x": (lambda x: jax.vmap(_gram_cf)(ops, x), (yc,)),
+        "TV gradient": (lambda x: jax.vmap(jax.vmap(lambda v: tv_smooth_grad(v, config.delta, config.tv_gradient)))(x), (yc,)),
+        "barrier prox": (lambda x: barrier_prox(x, alpha, config.beta), (yc,)),
+        "one layer": (lambda st, x: nnx.merge(graphdef, st)(x, atyc, ops, sigma, config, channels_first=True), (state, yc)),
+        f"{config.num_layers} layers": (lambda st, x: apply_fn(st, x, ops, use_lpp=False), (full_state, y)),
+        "Lpp": (lambda st, x: nnx.merge(lpp_gd, st)(x), (lpp_state, y)),
+    }
+    jitted = {k: jax.jit(f) for k, (f, _) in parts.items()}
+    medians = _alternate({k: (lambda k=k: jitted[k](*parts[k][1])) for k in parts}, repeats)
+    fft_s = medians["fft round trip (rfft2 + irfft2)"]
+    rows = []
+    for k, (f, args) in parts.items():
+        if k.endswith(" layers"):  # the cost analysis counts the scan body once: K x one layer
+            one = rows[-1]
+            rows.append({"part": k, "s_per_image": medians[k] / n, "fft_round_trips": config.num_layers * one["fft_round_trips"],
+                         "other_gflop": None if one["other_gflop"] is None else config.num_layers * one["other_gflop"],
+                         "floor_s_per_image": None if one["floor_s_per_image"] is None
+                         else config.num_layers * one["floor_s_per_image"]})
+            continue
+        compiled = jitted[k].lower(*args).compile()
+        cost, ffts = xla_cost(compiled), fft_flops(compiled.as_text())
+        round_trips = ffts["instructions"] / 2
+        other = None if cost is None else max(cost["flops"] - ffts["xla_flops"], 0.0)
+        floor = fft_s if k.startswith("fft round trip") else \
+            None if other is None else round_trips * fft_s + other / matmul_flops_per_s
+        rows.append({"part": k, "s_per_image": medians[k] / n, "floor_s_per_image": None if floor is None else floor / n,
+                     "fft_round_trips": round_trips, "other_gflop": None if other is None else other / 1e9})
+    return rows
+
+
+def parts_rows(parts: list[dict]) -> list[list]:
+    out = []
+    for r in parts:
+        floor = r["floor_s_per_image"]
+        ratio = "-" if not floor else f"{r['s_per_image'] / floor:.1f}x"
+        out.append([r["part"], f"{r['s_per_image'] * 1e3:.3f}", "-" if floor is None else f"{floor * 1e3:.3f}", ratio,
+                    f"{r['fft_round_trips']:g} FFT round trips + {r['other_gflop'] or 0:.3f} GFLOP"])
+    return out
+
+
+PARTS_HEADER = ["part (channels first)", "ms per image", "floor ms per image", "time / floor", "work"]
+
+
 def _ms(t: dict) -> str:
     return f"{1e3 * t['median_s']:.1f} ({1e3 * t['min_s']:.1f}-{1e3 * t['max_s']:.1f})"
 
@@ -463,6 +548,9 @@ def main(argv=None) -> dict:
     scan_check["body_counted_once"] = (cost_k is not None and cost_small is not None
                                        and cost_k["flops"] == cost_small["flops"])
 
+    print("one layer piece by piece ...", flush=True)
+    parts = bench_parts(model, y, ops, max(args.repeats, 5), peak)
+
     print(f"training step, K = {K} ...", flush=True)
     train = bench_train_step(K, args.train_batch, args.train_size, args.repeats)
 
@@ -491,6 +579,7 @@ def main(argv=None) -> dict:
         "matmul": matmul,
         "fft_check": fft,
         "scan_check": scan_check,
+        "parts": parts,
     }
     rows = table_rows(results, args.device_note)
     notes = footnotes(results)
@@ -505,6 +594,9 @@ def main(argv=None) -> dict:
     print()
     for line in notes:
         print(f"- {line}")
+    print(f"\none layer piece by piece (batch {args.batch}, {args.size}x{args.size}; floor: FFT round trips at the "
+          f"measured time, other FLOPs at the measured {matmul['gflops_per_s']:.0f} GFLOP/s matmul rate):\n")
+    print(markdown_table(PARTS_HEADER, parts_rows(parts)))
     print(f"\nmedian of {args.repeats} runs after a warm-up call; total {results['total_s']:.1f} s; "
           f"load average at end {results['machine']['load_average_at_end']}")
     if args.json:

@@ -24,6 +24,7 @@ used by solvers, training and ``jax.jit``/``vmap``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -147,12 +148,16 @@ class IRestNetLayer(nnx.Module):
         """``x_{k+1}`` from ``x_k`` (``(N, H, W, C)``; ``(N, C, H, W)`` with ``channels_first``,
         the layout :meth:`IRestNet.run_layers` iterates in: the FFTs and the TV then run on
         contiguous planes and nothing is transposed inside the layer)."""
-        if not channels_first:
-            to_cf = lambda a: a.transpose(0, 3, 1, 2)  # noqa: E731
-            return self(to_cf(x), to_cf(aty), ops, sigma, config, channels_first=True).transpose(0, 2, 3, 1)
-        gamma, mu, lam = self.hyperparameters(x, sigma, channels_first=True)
-        gram = jax.vmap(_gram_cf)(ops, x)
-        tv = jax.vmap(jax.vmap(lambda v: tv_smooth_grad(v, config.delta, config.tv_gradient)))(x)  # per plane
+        gamma, mu, lam = self.hyperparameters(x, sigma, channels_first=channels_first)
+        tv = functools.partial(tv_smooth_grad, delta=config.delta, variant=config.tv_gradient)
+        if channels_first:
+            gram = jax.vmap(_gram_cf)(ops, x)
+            tv = jax.vmap(jax.vmap(tv))(x)  # per plane
+        else:
+            # not transposed to channels first here: under a device mesh, XLA:CPU 0.10 hands such a
+            # transposed array to its FFT with a layout the FFT rejects (an internal RET_CHECK)
+            gram = jax.vmap(lambda op, v: op.gram(v))(ops, x)
+            tv = jax.vmap(tv)(x)
         u = x - gamma * (gram - aty + lam[:, None, None, None] * tv)
         return barrier_prox(u, (gamma * mu)[:, None, None, None], config.beta)
 
