@@ -78,14 +78,14 @@ def _task(args) -> str:
     if args.mask is not None or args.keep is not None:
         if args.mask is not None and args.keep is not None:
             raise ValueError("give the inpainting mask with --mask FILE or --keep P (with --seed), not both")
-        if args.scale is not None or args.kernel is not None or args.preset is not None or args.kernel_shape is not None:
+        if args.scale is not None or has_blur(args):
             raise ValueError("inpainting (--mask/--keep) takes no blur or --scale")
         return "inpaint"
     if args.scale is not None:
         if args.scale != 2:
             raise ValueError(f"--method reg-gd does super-resolution by 2 (the PnP-ReG protocol), got --scale {args.scale}")
         return "sr2"
-    if args.preset is None and args.kernel is None and args.kernel_shape is None:
+    if not has_blur(args):
         raise ValueError("reg-gd needs the degradation: a blur (--preset, --kernel or --kernel-shape), --scale 2, or an "
                          "inpainting mask (--mask FILE or --keep P)")
     return "deblur"

@@ -162,6 +162,16 @@ class IRestNetLayer(nnx.Module):
         return barrier_prox(u, (gamma * mu)[:, None, None, None], config.beta)
 
 
+def to_channels_first(a):
+    """``(..., H, W, C) -> (..., C, H, W)``: the layout the layers iterate in."""
+    return jnp.moveaxis(a, -1, -3)
+
+
+def to_channels_last(a):
+    """``(..., C, H, W) -> (..., H, W, C)``."""
+    return jnp.moveaxis(a, -3, -1)
+
+
 def _gram_cf(op, v):
     """``A^T A`` of one ``(C, H, W)`` image: for a :class:`~jaxrestore.operators.Blur`, one FFT
     round trip over the last two axes; any other operator through its channels-last ``gram``."""
@@ -256,16 +266,15 @@ class IRestNet(nnx.Module):
         graphdef, state = nnx.split(self.layers)
         state = jax.tree.map(lambda a: a[start:stop], state)
         config = self.config
-        to_cf, to_cl = (lambda a: jnp.moveaxis(a, -1, -3)), (lambda a: jnp.moveaxis(a, -3, -1))  # noqa: E731
 
         def body(x, layer_state):  # channels first inside the scan: transposed once on each side
             x = nnx.merge(graphdef, layer_state)(x, aty_cf, ops, sigma, config, channels_first=True)
             return x, (x if return_iterates else None)
 
-        aty_cf = to_cf(aty)
-        x, iterates = jax.lax.scan(body, to_cf(y if x is None else x), state)
-        x = to_cl(x)
-        return (x, to_cl(iterates)) if return_iterates else x
+        aty_cf = to_channels_first(aty)
+        x, iterates = jax.lax.scan(body, to_channels_first(y if x is None else x), state)
+        x = to_channels_last(x)
+        return (x, to_channels_last(iterates)) if return_iterates else x
 
     def __call__(self, y, ops, sigma=None, *, use_lpp: bool | None = None):
         x = self.run_layers(y, ops, sigma)

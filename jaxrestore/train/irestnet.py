@@ -38,7 +38,7 @@ from flax import nnx
 
 from jaxrestore.losses import ssim_l1_loss, ssim_same
 from jaxrestore.metrics import ssim
-from jaxrestore.models.irestnet import IRestNet, IRestNetConfig, lpp_output
+from jaxrestore.models.irestnet import IRestNet, IRestNetConfig, lpp_output, to_channels_first, to_channels_last
 from jaxrestore.models.irestnet_io import save_weights
 from jaxrestore.noise import estimate_sigma
 from jaxrestore.operators import Blur
@@ -161,28 +161,21 @@ def _apply_layer(net: Net, layer, x, aty, ops, sigma, *, channels_first: bool = 
     return nnx.merge(net.layers_gd, layer)(x, aty, ops, sigma, net.config, channels_first=channels_first)
 
 
-def _cf(a):
-    return jnp.moveaxis(a, -1, -3)
-
-
-def _cl(a):
-    return jnp.moveaxis(a, -3, -1)
-
-
 def run_frozen(net: Net, layers, y, ops, start, stop, x=None):
     """Layers ``start .. stop - 1`` from ``x`` (default ``y``), no gradient; ``start`` and
     ``stop`` may be traced. The loop runs channels first, as :meth:`IRestNet.run_layers`."""
     aty, sigma = _observation_terms(ops, y)
-    aty = _cf(aty)
+    aty = to_channels_first(aty)
     body = lambda i, v: _apply_layer(net, take_layer(layers, i), v, aty, ops, sigma, channels_first=True)  # noqa: E731
-    return jax.lax.stop_gradient(_cl(jax.lax.fori_loop(start, stop, body, _cf(y if x is None else x))))
+    x = jax.lax.fori_loop(start, stop, body, to_channels_first(y if x is None else x))
+    return jax.lax.stop_gradient(to_channels_last(x))
 
 
 def _run_block(net: Net, block, x, aty, ops, sigma):
     """A stack of layers (leading axis) from ``x``, differentiable (``lax.scan``, channels first)."""
-    aty = _cf(aty)
+    aty = to_channels_first(aty)
     step = lambda v, layer: (_apply_layer(net, layer, v, aty, ops, sigma, channels_first=True), None)  # noqa: E731
-    return _cl(jax.lax.scan(step, _cf(x), block)[0])
+    return to_channels_last(jax.lax.scan(step, to_channels_first(x), block)[0])
 
 
 def _apply_lpp(gd, lpp, stats, x, residual: str):
