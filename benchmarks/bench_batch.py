@@ -1,6 +1,7 @@
 """Throughput of batched restoration with one kernel per image: ``jax.jit(jax.vmap(restore))``
-against ``jax.jit(jax.lax.map(restore))`` and a Python loop over one jitted single-image call,
-for the two batch strategies of :func:`jaxrestore.restore_batch`.
+against ``jax.jit(jaxrestore.batched(restore))`` (vmap over chunks of a few images, one chunk
+after another: the form the README recommends), ``jax.jit(jax.lax.map(restore))`` and a Python
+loop over one jitted single-image call, for the strategies of :func:`jaxrestore.restore_batch`.
 
 1. VAR (projected gradient on smoothed TV, 50 iterations), 32 images 128x128x3, each blurred by
    its own 15x15 ``random_motion`` kernel, noise std 0.01; lam and delta from
@@ -8,8 +9,10 @@ for the two batch strategies of :func:`jaxrestore.restore_batch`.
 2. PnP-ADMM with our shipped DRUNet (``drunet_small``, 8 iterations of DPIR's schedule, lam 0.5),
    8 images 256x256x3, same kernels and noise.
 
-The vmap and lax.map rows time the very compiled chunk function ``restore_batch`` runs (one
-chunk holding all images, operators and images already on the device); the loop calls a jitted
+The vmap, chunked and lax.map rows time the very compiled chunk function ``restore_batch`` runs
+(one chunk holding all images, operators and images already on the device); the
+``batched(batch_size=b)`` rows are ``jit(batched(restore one, batch_size=b))`` for the other
+chunk sizes of ``--batch-sizes``; the loop calls a jitted
 single-image restore per image; the last row times ``restore_batch(strategy="auto")`` end to end
 (validation, transfer functions, transfers and read-back included). Each implementation is called
 once to compile, then the implementations are timed in turn, alternating, ``--repeats`` times;
@@ -59,7 +62,8 @@ def make_problem(n: int, size: int, kernel_size: int, seed: int = 0):
     return ks, xs, ys
 
 
-def bench(method: str, n: int, size: int, kernel_size: int, iterations: int | None, repeats: int) -> dict:
+def bench(method: str, n: int, size: int, kernel_size: int, iterations: int | None, repeats: int,
+          batch_sizes: tuple[int, ...] = ()) -> dict:
     ks, _, ys = make_problem(n, size, kernel_size)
     shape = (size, size)
     if method == "var":
@@ -84,13 +88,25 @@ def bench(method: str, n: int, size: int, kernel_size: int, iterations: int | No
     y_list = [ys_dev[i] for i in range(n)]
     p_list = [{k: v[i] for k, v in params_dev.items()} for i in range(n)]
 
+    auto = batch.cpu_batch_size() if jax.default_backend() == "cpu" else None
     impls = {
         "jit(vmap)": lambda: batch._restore_chunk(ops, ys_dev, params_dev, net, strategy="vmap", **static),
+        f"jit(batched), chunks of {auto or n} (README)":
+            lambda: batch._restore_chunk(ops, ys_dev, params_dev, net, strategy="chunked", **static),
+    }
+    for b in batch_sizes:
+        if b in (1, auto) or b >= n:
+            continue
+        f = jax.jit(batch.batched(lambda op, y, p, net: batch._restore_one(method, op, y, p, net, iterations, fn,
+                                                                             schedule),
+                                  in_axes=(0, 0, 0, None), batch_size=b))
+        impls[f"jit(batched, batch_size={b})"] = lambda f=f: f(ops, ys_dev, params_dev, net)
+    impls.update({
         "jit(lax.map)": lambda: batch._restore_chunk(ops, ys_dev, params_dev, net, strategy="map", **static),
         "loop of jit(restore one)": lambda: [one(op, y, p, net) for op, y, p in zip(op_list, y_list, p_list)],
         f"restore_batch(auto = {batch._resolve_strategy('auto')}), end to end":
             lambda: batch.restore_batch(method, ys, ks, chunk_size=n, **api),
-    }
+    })
     outputs, first = {}, {}
     for name, f in impls.items():  # warm-up: compile (timed separately)
         t0 = time.perf_counter()
@@ -141,12 +157,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--pnp-iters", type=int, default=PNP_PARAMS["deblur"]["num_iters"])
     ap.add_argument("--kernel-size", type=int, default=15)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (median reported)")
+    ap.add_argument("--batch-sizes", default="4,8",
+                    help="comma-separated chunk sizes timed as jit(batched(..., batch_size=b)) besides the default")
     ap.add_argument("--skip-pnp", action="store_true", help="VAR only")
     ap.add_argument("--json", help="write the numbers to this JSON file")
     args = ap.parse_args(argv)
     for name in ("var_images", "var_size", "var_iters", "pnp_images", "pnp_size", "pnp_iters", "kernel_size", "repeats"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    except ValueError:
+        fail(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    if any(b < 1 for b in batch_sizes):
+        fail(f"--batch-sizes must be >= 1, got {args.batch_sizes!r}")
     if args.kernel_size > min(args.var_size, args.pnp_size):
         fail(f"--kernel-size {args.kernel_size} is larger than the images")
 
@@ -156,12 +180,13 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     results = {"machine": machine, "config": vars(args).copy()}
     print("VAR ...", flush=True)
-    results["var"] = bench("var", args.var_images, args.var_size, args.kernel_size, args.var_iters, args.repeats)
+    results["var"] = bench("var", args.var_images, args.var_size, args.kernel_size, args.var_iters, args.repeats,
+                           batch_sizes)
     rows = table_rows(results["var"])
     if not args.skip_pnp:
         print("PnP-ADMM ...", flush=True)
         results["pnp_admm"] = bench("pnp-admm", args.pnp_images, args.pnp_size, args.kernel_size, args.pnp_iters,
-                                    args.repeats)
+                                    args.repeats, batch_sizes)
         rows += table_rows(results["pnp_admm"])
     results["table"] = {"header": HEADER, "rows": rows}
     results["total_s"] = time.perf_counter() - t_start

@@ -8,7 +8,8 @@
 3. VAR (``projected_gradient`` on smoothed TV, 50 iterations) on a batch of images, each with its
    own random motion kernel: one ``jax.jit(jax.vmap(restore))`` call against a Python loop over a
    jitted single-image ``restore`` (which must trace once, not once per kernel), and against
-   ``jax.jit`` of ``jax.lax.map(restore)`` (the images one after another in one compiled call).
+   ``jax.jit`` of ``jax.lax.map(restore)`` (the images one after another in one compiled call) and
+   of ``jaxrestore.batched(restore)`` (vmap over chunks of a few images, one after another).
 
 Times are medians over ``--repeats`` runs after a warm-up call (compile excluded), measured after
 ``block_until_ready``. The ``time / first row`` column is each row's median time divided by the
@@ -36,6 +37,7 @@ from _common import fail, markdown_table, write_json  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from jaxrestore.batch import batched, cpu_batch_size  # noqa: E402
 from jaxrestore.kernels import random_motion  # noqa: E402
 from jaxrestore.operators import Blur  # noqa: E402
 from jaxrestore.prox import barrier_prox  # noqa: E402
@@ -237,7 +239,7 @@ def bench_blur(batch: int, size: int, kernel_size: int, repeats: int) -> dict:
 def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats: int) -> dict:
     shape = (size, size, 3)
     ops, ys = jax.block_until_ready(_blur_problem(jax.random.key(3), images, shape, kernel_size, blur_twice=True))
-    traces = {"vmap": 0, "loop": 0, "lax_map": 0}
+    traces = {"vmap": 0, "loop": 0, "lax_map": 0, "batched": 0}
 
     def make_restore(name):
         def restore(op, y):
@@ -250,6 +252,7 @@ def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats:
     # A third way, for reference: the images one after another inside one compiled lax.map.
     restore_map_one = make_restore("lax_map")
     restore_map = jax.jit(lambda ops, ys: jax.lax.map(lambda a: restore_map_one(*a), (ops, ys)))
+    restore_batched = jax.jit(batched(make_restore("batched")))
     # Slice the operator stack outside the timed region: the loop times the per-image restores
     # (and their dispatch), not the indexing.
     op_list = [jax.tree_util.tree_map(lambda a, i=i: a[i], ops) for i in range(images)]
@@ -258,9 +261,11 @@ def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats:
     t_vmap = time_call(lambda: restore_vmap(ops, ys), repeats)
     t_loop = time_call(lambda: [restore_one(op, y) for op, y in zip(op_list, y_list)], repeats)
     t_map = time_call(lambda: restore_map(ops, ys), repeats)
+    t_batched = time_call(lambda: restore_batched(ops, ys), repeats)
     loop_out = np.stack([np.asarray(x) for x in t_loop["out"]])
     abs_d, rel_d = _max_diffs(loop_out, t_vmap["out"])
     abs_map, rel_map = _max_diffs(t_map["out"], t_vmap["out"])
+    abs_b, rel_b = _max_diffs(t_batched["out"], t_vmap["out"])
     calls = 1 + repeats
     return {
         "images": images, "image_shape": list(shape), "kernel_size": kernel_size, "iterations": iters,
@@ -271,6 +276,12 @@ def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats:
                  "calls": calls * images},
         "lax_map": {**_strip(t_map), "images_per_s": images / t_map["median_s"], "traces": traces["lax_map"],
                     "calls": calls},
+        "batched": {**_strip(t_batched), "images_per_s": images / t_batched["median_s"],
+                    "traces": traces["batched"], "calls": calls, "batch_size": cpu_batch_size()
+                    if jax.default_backend() == "cpu" else images},
+        "ratio_batched_over_vmap": t_batched["median_s"] / t_vmap["median_s"],
+        "max_abs_diff_batched_vs_vmap": abs_b,
+        "max_rel_diff_batched_vs_vmap": rel_b,
         "ratio_loop_over_vmap": t_loop["median_s"] / t_vmap["median_s"],
         "ratio_lax_map_over_vmap": t_map["median_s"] / t_vmap["median_s"],
         "max_abs_diff_loop_vs_vmap": abs_d,
@@ -351,6 +362,9 @@ def table_rows(res: dict) -> list[list]:
     rows.append(["", f"jit(lax.map(restore)) [{r['lax_map']['traces']} trace(s)]", _ms(r["lax_map"]),
                  f"{r['lax_map']['images_per_s']:.1f} img/s", f"{r['ratio_lax_map_over_vmap']:.2f}",
                  _sci(r["max_abs_diff_lax_map_vs_vmap"]), _sci(r["max_rel_diff_lax_map_vs_vmap"])])
+    rows.append(["", f"jit(batched(restore)), chunks of {r['batched']['batch_size']} [{r['batched']['traces']} trace(s)]",
+                 _ms(r["batched"]), f"{r['batched']['images_per_s']:.1f} img/s", f"{r['ratio_batched_over_vmap']:.2f}",
+                 _sci(r["max_abs_diff_batched_vs_vmap"]), _sci(r["max_rel_diff_batched_vs_vmap"])])
     return rows
 
 
@@ -390,7 +404,9 @@ def main(argv=None) -> dict:
     blur = bench_blur(args.batch, args.blur_size, args.kernel_size, args.repeats)
     print("VAR restore ...", flush=True)
     restore = bench_restore(args.images, args.size, args.kernel_size, args.iters, args.repeats)
-    retraced = {k: restore[k]["traces"] for k in ("vmap", "loop", "lax_map") if restore[k]["traces"] != 1}
+    # batched traces once for its chunks and once more for a remainder (images % chunk != 0)
+    retraced = {k: restore[k]["traces"] for k in ("vmap", "loop", "lax_map", "batched")
+                if restore[k]["traces"] > (2 if k == "batched" else 1)}
     if retraced:
         print(f"warning: restore was traced {retraced} times; expected once each", file=sys.stderr)
 

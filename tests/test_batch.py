@@ -79,7 +79,7 @@ def test_public_api():
     assert jaxrestore.restore_batch is batch.restore_batch
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "map"])
+@pytest.mark.parametrize("strategy", ["vmap", "chunked", "map"])
 def test_var_equals_single_calls_with_padding(problem, strategy):
     ks, ys = problem
     lams = [1e-4, 3e-4, 5e-5, 2e-4, 1e-3]  # one per image: a mix-up of images and parameters shows
@@ -239,7 +239,7 @@ _SHARDED = textwrap.dedent("""
 def sharded_cases(problem, denoiser) -> dict:
     ks, ys = problem
     out = {f"var_{s}": batch.restore_batch("var", ys, ks, sigma=0.02, iterations=7, chunk_size=3, strategy=s)
-           for s in ("vmap", "map")}
+           for s in ("vmap", "chunked", "map")}
     out["pnp"] = batch.restore_batch("pnp-admm", ys, ks, sigma=0.02, iterations=2, denoiser=denoiser, chunk_size=3,
                                      strategy="vmap")
     return out
@@ -257,7 +257,7 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path, tiny_denoiser):
     report = json.loads(stdout.strip().splitlines()[-1])
     assert report["devices"] == 4
     # 5 images in chunks of 3, rounded up to 4 (one per device): two chunks per call, all sharded
-    assert report["calls"] == [[True, 4, 4]] * 2 * 3
+    assert report["calls"] == [[True, 4, 4]] * 2 * 4
     sharded = np.load(tmp_path / "out.npz")
     for key, images in single.items():
         for i, x in enumerate(images):
@@ -272,6 +272,71 @@ def test_benchmark_script_runs_and_checks_outputs(tmp_path, capsys):
                             "--repeats", "1", "--skip-pnp", "--json", str(tmp_path / "b.json")])
     saved = json.loads((tmp_path / "b.json").read_text())
     rows = saved["var"]["results"]
-    assert set(rows) == set(res["var"]["results"]) and len(rows) == 4
+    assert set(rows) == set(res["var"]["results"]) and len(rows) == 5  # the --batch-sizes 4, 8 are >= 3 images: skipped
     assert all(r["images_per_s"] > 0 and r["max_abs_diff_vs_loop"] <= 1e-4 for r in rows.values())
     assert "| VAR 3 it, 3 x 24x24x3" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- batched
+
+
+def _var_batch(n=5, size=24, seed=4):
+    ks, ys = make_problem([size] * n, seed=seed)
+    ops = Blur(jnp.stack([Blur.from_kernel(k, (size, size)).otf for k in ks]), (size, size))
+    lams = jnp.asarray([1e-4, 3e-4, 5e-5, 2e-4, 1e-3][:n], jnp.float32)
+    return ops, jnp.stack([jnp.asarray(y) for y in ys]), lams
+
+
+def _var_one(op, y, lam, delta):
+    return run(projected_gradient(op, lam, delta), y, num_iters=6).x
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5, 8, None, "auto"])
+def test_batched_equals_vmap(batch_size):
+    ops, ys, lams = _var_batch()
+    ref = jax.jit(jax.vmap(_var_one, in_axes=(0, 0, 0, None)))(ops, ys, lams, 0.02)
+    f = jax.jit(batch.batched(_var_one, in_axes=(0, 0, 0, None), batch_size=batch_size))
+    out = f(ops, ys, lams, 0.02)  # 5 images: chunks of 2 and 3 leave a remainder
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
+    # each image got its own kernel and parameter
+    assert float(jnp.abs(out[0] - out[1]).max()) > 0.05
+
+
+def test_batched_gradient_equals_vmap_gradient():
+    ops, ys, lams = _var_batch(n=4)
+
+    def loss(mapper, lams):
+        return jnp.sum(mapper(_var_one, in_axes=(0, 0, 0, None))(ops, ys, lams, 0.02) ** 2)
+
+    g_ref = jax.grad(lambda l: loss(jax.vmap, l))(lams)
+    g = jax.grad(lambda l: loss(lambda f, in_axes: batch.batched(f, in_axes=in_axes, batch_size=2), l))(lams)
+    assert float(jnp.abs(g_ref).min()) > 0  # every image's parameter matters
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4)
+
+
+def test_batched_auto_chunk_is_the_cpu_core_count(monkeypatch):
+    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert batch.cpu_batch_size() == 3
+    monkeypatch.setattr(batch.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert batch.cpu_batch_size() == 2
+    seen = []
+    monkeypatch.setattr(batch.jax.lax, "map", lambda f, xs, batch_size=None: seen.append(batch_size) or
+                        jax.vmap(lambda *a: f(a))(*xs))
+    batch.batched(lambda x: x * 2)(jnp.ones((5, 3)))
+    assert seen == [2]
+
+
+@pytest.mark.parametrize("kwargs, args, match", [
+    ({"batch_size": 0}, (jnp.ones((4, 2)),), "batch_size must be"),
+    ({"batch_size": True}, (jnp.ones((4, 2)),), "batch_size must be"),
+    ({"batch_size": 2.5}, (jnp.ones((4, 2)),), "batch_size must be"),
+    ({"in_axes": 1}, (jnp.ones((4, 2)),), "in_axes must be"),
+    ({"in_axes": (0,)}, (jnp.ones((4, 2)), jnp.ones((4, 2))), "one per argument"),
+    ({"in_axes": (None,)}, (jnp.ones((4, 2)),), "at least one argument"),
+    ({}, (jnp.ones((4, 2)), jnp.ones((3, 2))), "common leading axis"),
+    ({}, (jnp.ones(()),), "scalar leaf"),
+])
+def test_batched_rejects_bad_arguments(kwargs, args, match):
+    with pytest.raises(ValueError, match=match):
+        batch.batched(lambda *a: a[0], **kwargs)(*args)

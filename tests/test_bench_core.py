@@ -113,6 +113,7 @@ def test_main_tiny_run_writes_json(tmp_path):
     assert r["loop"]["calls"] == 3 * 3
     assert r["ratio_loop_over_vmap"] > 0
     assert r["max_abs_diff_loop_vs_vmap"] < 1e-4 and r["max_abs_diff_lax_map_vs_vmap"] < 1e-4
+    assert r["max_abs_diff_batched_vs_vmap"] < 1e-4 and r["batched"]["traces"] == 2  # chunks, remainder
 
-    assert len(data["table"]["rows"]) == 8
+    assert len(data["table"]["rows"]) == 9
     assert res["restore"]["ratio_loop_over_vmap"] == r["ratio_loop_over_vmap"]
