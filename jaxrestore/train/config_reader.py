@@ -115,6 +115,10 @@ class Reader:
         """One existing folder (see :func:`resolve_folder`)."""
         return resolve_folder(self.raw(key, default), self._name(key), self.source, self.base)
 
+    def file(self, key, default) -> Path:
+        """One existing file (looked up as :meth:`folder` looks up folders)."""
+        return resolve_file(self.raw(key, default), self._name(key), self.source, self.base)
+
     def folders(self, key, default) -> tuple[Path, ...]:
         """A folder or a non-empty list of folders, each existing."""
         v = self.raw(key, default)
@@ -148,19 +152,32 @@ def top_reader(raw, source: str) -> Reader:
     return Reader(raw, "", source, base)
 
 
+def _candidates(value, what: str, noun: str, source: str, base: Path | None) -> list[Path]:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ValueError(f"{source}: '{what}' must be a {noun} path, got {value!r}")
+    p = Path(value).expanduser()
+    return [p] if p.is_absolute() else [b / p for b in ([base] if base else []) + [Path.cwd(), REPO_ROOT]]
+
+
 def resolve_folder(value, what: str, source: str, base: Path | None = None) -> Path:
     """The existing folder ``value`` names: absolute, or relative to ``base`` (the config's
     folder), the current directory or the repository root, in that order."""
-    if not isinstance(value, (str, Path)) or not str(value):
-        raise ValueError(f"{source}: '{what}' must be a folder path, got {value!r}")
-    p = Path(value).expanduser()
-    candidates = [p] if p.is_absolute() else [b / p for b in ([base] if base else []) + [Path.cwd(), REPO_ROOT]]
+    candidates = _candidates(value, what, "folder", source, base)
     for c in candidates:
         if c.is_dir():
             return c.resolve()
     tried = ", ".join(str(c) for c in candidates)
     raise ValueError(f"{source}: '{what}' folder not found: {value} (looked in {tried}); point it at your own images "
                      f"with --train-dir DIR / --val-dir DIR or in the config")
+
+
+def resolve_file(value, what: str, source: str, base: Path | None = None) -> Path:
+    """The existing file ``value`` names, looked up as :func:`resolve_folder` looks up folders."""
+    candidates = _candidates(value, what, "file", source, base)
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise ValueError(f"{source}: '{what}' file not found: {value} (looked in {', '.join(map(str, candidates))})")
 
 
 def mesh_devices(top: Reader) -> int | None:

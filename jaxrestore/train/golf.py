@@ -5,9 +5,11 @@ With ``l(a, x) = mean((a - x)^2) + w * mean((phi(a) - phi(x))^2)`` (content MSE 
 perceptual term, ``phi`` a feature extractor, :mod:`jaxrestore.models.features`), ``K`` the
 iterations (``schedule.iterations``, 3 by default) and ``x_{k+1} = x_k + R2(x_k)``:
 
-* stage ``g2`` (the paper's eq. 4, ``G2`` trained recurrently on the blurred image itself)::
+* stage ``g2`` (the paper's eq. 4, ``G2`` trained recurrently on the blurred image itself), over
+  ``K2`` iterations (``schedule.g2_iterations``, default ``K``; a ``K2`` above the ``K`` used at
+  test time teaches ``G2`` to keep improving, or at least to hold, on its own later states)::
 
-      L2 = 1/K sum_{k=1..K} l(x_k, x),   x_0 = y
+      L2 = 1/K2 sum_{k=1..K2} l(x_k, x),   x_0 = y
 
 * stage ``g1`` (eq. 6, ``G2`` fixed; our reading of its garbled text): ``G1`` gets the same
   composition target with its own output as the start, so that ``x_0 = G1(y)`` is both close to
@@ -15,6 +17,9 @@ iterations (``schedule.iterations``, 3 by default) and ``x_{k+1} = x_k + R2(x_k)
   (the ``k >= 1`` terms: ``G1``'s output must lie where ``G2`` was trained to work)::
 
       L1 = 1/(K+1) sum_{k=0..K} l(x_k, x),   x_0 = G1(y)
+
+``model.init`` (a ``golf_*.npz`` of the same widths) starts both networks from trained weights
+instead of the random initialisation, e.g. to continue a shipped model with a longer ``K2``.
 
 Each stage has its own Adam with a learning rate decayed exponentially from ``lr`` to ``lr_end``
 over the stage; the other network's updates are zero. The exported model is the best validation
@@ -33,12 +38,12 @@ the first ``val_limit`` images of ``data.val`` blurred the synthetic way with a 
 Schema (every key optional; unknown keys are errors)::
 
     kind: golf
-    model: {g1_width: 32, g2_width: 16}       # the paper's 1.78 MB G1 and 0.46 MB G2
+    model: {g1_width: 32, g2_width: 16, init: null}   # the paper's 1.78 MB G1 and 0.46 MB G2
     data: {train: ../shared/data/bsds500/train, val: ../shared/data/bsds500/val, pairs: null,
            val_pairs: null, crop: 64, val_crop: 128, val_limit: 8}
     blur: {size: 31, min_length: 5, noise_max: 2.55}
     loss: {perceptual: 0.01, features: random}   # weight 0: MSE only
-    schedule: {batch_size: 4, iterations: 3, g2_steps: 2500, g1_steps: 1500, lr: 2.0e-4, lr_end: 2.0e-5,
+    schedule: {batch_size: 4, iterations: 3, g2_iterations: 3, g2_steps: 2500, g1_steps: 1500, lr: 2.0e-4, lr_end: 2.0e-5,
                validate_every: 250, log_every: 10}
     checkpoint: {every: 250, keep: 2}
     mesh: {devices: null}
@@ -63,7 +68,8 @@ from jaxrestore.data import ImageFolder, load_image
 from jaxrestore.data.blind import pair_paths, synthetic_pairs
 from jaxrestore.metrics import psnr
 from jaxrestore.models.features import random_features
-from jaxrestore.models.golf import Golf, GolfConfig, merge as merge_golf, residual_fn, save_golf, split as split_golf
+from jaxrestore.models.golf import (Golf, GolfConfig, load_golf, merge as merge_golf, residual_fn, save_golf,
+                                   split as split_golf)
 from jaxrestore.solvers.golf import trajectory
 from jaxrestore.train.common import TrainResult, run_identity, strong
 from jaxrestore.train.config_reader import DEFAULT_TRAIN, DEFAULT_VAL, load_yaml, mesh_devices, top_reader
@@ -90,6 +96,7 @@ class GolfTrainConfig:
     features: str
     batch_size: int
     iterations: int
+    g2_iterations: int
     g2_steps: int
     g1_steps: int
     lr: float
@@ -103,12 +110,13 @@ class GolfTrainConfig:
     name: str = "run"
     source: str = "<dict>"
     devices: int | None = None
+    init: Path | None = None
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
         for k in ("g1", "g2"):
             d[k] = {**dataclasses.asdict(getattr(self, k)), "kernels": list(getattr(self, k).kernels)}
-        for k in ("val", "pairs", "val_pairs", "out_dir"):
+        for k in ("val", "pairs", "val_pairs", "out_dir", "init"):
             d[k] = None if d[k] is None else str(d[k])
         d["train"] = [str(p) for p in self.train]
         return d
@@ -123,6 +131,7 @@ def golf_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> GolfT
         raise ValueError(f"{source}: 'kind' must be golf here")
     m = top.sub("model")
     g1, g2 = GolfConfig(width=m.integer("g1_width", 32, minimum=1)), GolfConfig(width=m.integer("g2_width", 16, minimum=1))
+    init = m.file("init", None) if m.raw("init") is not None else None
     m.done()
     d = top.sub("data")
     pairs = d.folder("pairs", None) if d.raw("pairs") is not None else None
@@ -154,6 +163,7 @@ def golf_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> GolfT
     s = top.sub("schedule")
     batch_size = s.integer("batch_size", 4, minimum=1)
     iterations = s.integer("iterations", 3, minimum=1)
+    g2_iterations = s.integer("g2_iterations", iterations, minimum=1)
     g2_steps, g1_steps = s.integer("g2_steps", 2500, minimum=1), s.integer("g1_steps", 1500, minimum=1)
     lr, lr_end = s.decaying_lr(2e-4, lambda lr: lr / 10)
     validate_every = s.integer("validate_every", 250, minimum=1)
@@ -168,8 +178,9 @@ def golf_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> GolfT
     out = top.out_dir(out_dir, "golf", name)
     top.done()
     return GolfTrainConfig(g1, g2, train, val, pairs, val_pairs, crop, val_crop, val_limit, size, float(min_length),
-                           float(noise_max), float(perceptual), features, batch_size, iterations, g2_steps, g1_steps, lr,
-                           lr_end, validate_every, log_every, every, keep, seed, out, name, source, devices)
+                           float(noise_max), float(perceptual), features, batch_size, iterations, g2_iterations, g2_steps,
+                           g1_steps, lr, lr_end, validate_every, log_every, every, keep, seed, out, name, source, devices,
+                           init)
 
 
 def load_golf_config(path, *, out_dir=None) -> GolfTrainConfig:
@@ -289,16 +300,31 @@ def train_step(params, opt_state, batch, feature_params, key, step, *, graphdefs
     return optax.apply_updates(params, updates), opt_state, value, aux
 
 
-@functools.partial(jax.jit, static_argnames=("graphdefs", "iterations"))
-def _val_batch(params, y, x, *, graphdefs, iterations: int):
+@functools.partial(jax.jit, static_argnames=("graphdefs", "iterations", "long"))
+def _val_batch(params, y, x, *, graphdefs, iterations: int, long: int):
+    """PSNR of: blurred, ``G2`` alone (``iterations`` steps from ``y``), ``G1``, golf-``iterations``
+    and golf-``long`` (``long >= iterations``)."""
     residual = residual_fn(graphdefs)
     g2_only = trajectory(residual, params, y, iterations, first_step=False)[-1]
-    full = trajectory(residual, params, y, iterations)
+    full = trajectory(residual, params, y, long)
     score = lambda v: jax.vmap(psnr)(jnp.clip(v, 0.0, 1.0), x)  # noqa: E731
-    return score(y), score(g2_only), score(full[0]), score(full[-1])
+    return score(y), score(g2_only), score(full[0]), score(full[iterations]), score(full[-1])
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def _initial_model(c: GolfTrainConfig) -> Golf:
+    """The random initialisation of ``c.seed``, or the weights of ``c.init`` (same widths)."""
+    if c.init is None:
+        return Golf.create(c.g1, c.g2, seed=c.seed)
+    model = load_golf(c.init)
+    for which, want in (("G1", c.g1), ("G2", c.g2)):
+        have = getattr(model, which).config
+        if have != want:
+            raise ValueError(f"{c.source}: model.init {c.init} holds a {which} of width {have.width}, "
+                             f"the config asks for {want.width}")
+    return model
 
 
 def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps: int | None = None, progress: bool = True,
@@ -308,7 +334,7 @@ def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps
     :func:`jaxrestore.train.denoiser.train_denoiser`."""
     c = config
     par = DataParallel.create(devices if devices is not None else c.devices, batch_size=c.batch_size)
-    graphdefs, params = split_golf(Golf.create(c.g1, c.g2, seed=c.seed))
+    graphdefs, params = split_golf(_initial_model(c))
     params = strong(params)
     features_fn, feature_params = random_features(seed=0)
     feature_params = par.replicate(strong(feature_params))
@@ -323,20 +349,24 @@ def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps
             raw = source.batch(key[0], i, c.batch_size)
             batch = par.shard(raw) if synthetic else tuple(par.shard(a) for a in raw)
             return train_step(params, opt_state, batch, feature_params, key[0], np.uint32(i), graphdefs=graphdefs,
-                              tx=tx[stage], stage=stage, iterations=c.iterations, perceptual=c.perceptual,
+                              tx=tx[stage], stage=stage,
+                              iterations=c.g2_iterations if stage == "g2" else c.iterations, perceptual=c.perceptual,
                               features_fn=features_fn, size=c.kernel_size, min_length=c.min_length,
                               noise_max=c.noise_max / 255.0, synthetic=synthetic)
         return step
 
     def validate_for(stage):
         def validate(params):
-            parts = [[] for _ in range(4)]
+            parts = [[] for _ in range(5)]
+            long = max(c.iterations, c.g2_iterations)
             for j in range(0, len(val_y), 4):
                 for acc, v in zip(parts, _val_batch(params, jnp.asarray(val_y[j:j + 4]), jnp.asarray(val_x[j:j + 4]),
-                                                    graphdefs=graphdefs, iterations=c.iterations)):
+                                                    graphdefs=graphdefs, iterations=c.iterations, long=long)):
                     acc.append(np.asarray(v))
-            blurred, g2_only, g1, full = (float(np.mean(np.concatenate(a))) for a in parts)
+            blurred, g2_only, g1, full, full_long = (float(np.mean(np.concatenate(a))) for a in parts)
             fields = {"val_psnr_blurred": blurred, "val_psnr_g2": g2_only}
+            if long > c.iterations:
+                fields[f"val_psnr_golf{long}"] = full_long
             if stage == "g1":
                 fields.update(val_psnr_g1=g1, val_psnr=full)
                 return full, fields
@@ -345,7 +375,8 @@ def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps
         return validate
 
     def export(params, best_step, best_fields, elapsed):
-        meta = {"step": best_step, **(best_fields or {}), "iterations": c.iterations, "val_crop": c.val_crop,
+        meta = {"step": best_step, **(best_fields or {}), "iterations": c.iterations,
+                "g2_iterations": c.g2_iterations, "init": None if c.init is None else str(c.init), "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
         return save_golf(merge_golf(graphdefs, params), c.out_dir / f"golf_{c.name}.npz", meta)
 
