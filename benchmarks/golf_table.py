@@ -51,7 +51,7 @@ def _model(path):
         return load_golf(path), str(path)
     from jaxrestore.models import pretrained
 
-    return pretrained.golf("cpu"), "the shipped golf_cpu"
+    return pretrained.golf(), f"the shipped golf_{pretrained.DEFAULT_GOLF}"
 
 
 def _true_kernel(y: np.ndarray, kernel: np.ndarray, sigma: float | None) -> np.ndarray:
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", required=True, help="pair folder (see above)")
     ap.add_argument("--limit", type=int, help="first N pairs (sorted names)")
-    ap.add_argument("--models", help="a golf_*.npz (default: the shipped golf_cpu)")
+    ap.add_argument("--models", help="a golf_*.npz (default: the shipped one, jaxrestore.models.pretrained.DEFAULT_GOLF)")
     ap.add_argument("--no-upper-bound", action="store_true", help="skip pnp-admm-true-kernel even when kernels exist")
     ap.add_argument("--no-timing", action="store_true", help="skip the ms-per-image rows")
     ap.add_argument("--figure", help="also write a PNG of centre crops: blurred | g1 | golf-3 | sharp, one row per image")

@@ -2,8 +2,9 @@
 
 Images of one size are restored together in chunks of a fixed size: the chunk's operators are
 one stacked :class:`~jaxrestore.operators.Blur` pytree (one transfer function per image), and a
-chunk is one compiled call, either ``jax.vmap`` of the single-image restoration or ``jax.lax.map``
-of it (the images one after another inside the compiled call). The last chunk of a size is
+chunk is one compiled call: ``jax.vmap`` of the single-image restoration, :func:`batched` (vmap
+over a few images at a time, the CPU default) or ``jax.lax.map`` of it (the images one after
+another inside the compiled call). The last chunk of a size is
 padded by repeating images, so every chunk of a size has the same shape and compiles once, and
 memory stays that of one chunk. With more than one device (``jax.devices()``) each chunk is split
 over a 1-D mesh axis ``data``: ``jax.sharding.NamedSharding`` places it, ``shard_map`` runs the
@@ -440,14 +441,15 @@ def restore_batch(method: str, ys, kernels, *, convention: str = "convolution", 
         (``drunet_small``). ``x8``: average it over the 8 rotations and flips.
       chunk_size: images per compiled call (rounded up to a multiple of the device count; at most
         the number of images of the size).
-      strategy: ``"vmap"`` (``jax.vmap`` over the chunk), ``"map"`` (``jax.lax.map``) or
-        ``"auto"``: ``"map"`` on CPU, ``"vmap"`` on GPU/TPU. ``python benchmarks/bench_batch.py``
-        on a loaded 2-core CPU (jax 0.10.2) printed, in images per second, for VAR (50
-        iterations, 32 images 128x128x3, 15x15 motion kernels) jit(vmap) 28.9, lax.map 40.4,
-        loop of a jitted call 41.2; for PnP-ADMM with our DRUNet (8 iterations, 8 images
-        256x256x3) jit(vmap) 1.40, lax.map 1.43, loop 1.35. lax.map is never slower on CPU,
-        where batched FFTs cost more per image than one-image FFTs; vmap is the batched form
-        accelerators are built for (no GPU was available to measure it).
+      strategy: ``"vmap"`` (``jax.vmap`` over the chunk), ``"chunked"`` (:func:`batched`: vmap
+        over sub-chunks of :func:`cpu_batch_size` images, one after another), ``"map"``
+        (``jax.lax.map``) or ``"auto"``: ``"chunked"`` on CPU, ``"vmap"`` on GPU/TPU.
+        ``python benchmarks/bench_batch.py`` on the 2-core CPU (jax 0.10.2) printed, in images
+        per second, for VAR (50 iterations, 32 images 128x128x3, 15x15 motion kernels) vmap
+        25.6, chunked 42.1, lax.map 32.5, loop of a jitted call 32.8; for PnP-ADMM with our
+        DRUNet (8 iterations, 8 images 256x256x3) vmap 1.37, chunked 1.48, lax.map 1.53, loop
+        1.44 (within the spread of repeated runs). vmap is the batched form accelerators are
+        built for (no GPU was available to measure it).
       progress: a tqdm bar on stderr (``None``: only when stderr is a terminal).
       names: labels of the images for error messages (default ``ys[i]``).
 

@@ -48,7 +48,7 @@ def restore(args) -> int:
     if args.weights:
         model, origin = load_golf(args.weights), f"weights {args.weights}"
     else:
-        model, origin = pretrained.golf("cpu"), "the shipped model (golf_cpu)"
+        model, origin = pretrained.golf(), f"the shipped model (golf_{pretrained.DEFAULT_GOLF})"
     srcs, is_folder = inputs(args.input, skip_bad=args.skip_bad)
     dsts = outputs(srcs, is_folder, args.output)
     refs = references(args.reference, srcs, is_folder)

@@ -92,12 +92,16 @@ def shipped_suppa(task: str = "deblur") -> Path | None:
 
 
 
-def golf_path(name: str = "cpu") -> Path:
+# the blind deblurrer `jaxrestore restore --method golf` and benchmarks/golf_table.py use by default
+DEFAULT_GOLF = "cpu"
+
+
+def golf_path(name: str = DEFAULT_GOLF) -> Path:
     """The shipped Golf Optimizer pair (``G1`` and ``G2``) ``golf_<name>.npz``."""
     return WEIGHTS_DIR / f"golf_{name}.npz"
 
 
-def golf(name: str = "cpu"):
+def golf(name: str = DEFAULT_GOLF):
     """Our trained :class:`~jaxrestore.models.golf.Golf` blind deblurrer (``cpu``: trained by
     ``jaxrestore train golf/cpu`` on synthetic camera shake). Raises ``ValueError`` if none is
     shipped under that name."""
@@ -108,4 +112,4 @@ def golf(name: str = "cpu"):
     return load_golf(path)
 
 
-__all__ = ["golf", "golf_path", "reg", "reg_path", "suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
+__all__ = ["DEFAULT_GOLF", "golf", "golf_path", "reg", "reg_path", "suppa_path", "shipped_suppa", "irestnet", "irestnet_path", "available_irestnet", "drunet", "drunet_path", "WEIGHTS_DIR"]
