@@ -138,22 +138,22 @@ def test_real_pairs_train(folders, tmp_path):
     ({"schedule": {"lr_end": 1.0}}, "lr_end"),
     ({"model": {"depth": 3}}, "depth"),
     ({"model": {"init": "no/such/golf.npz"}}, "model.init' file not found"),
-    ({"schedule": {"g2_iterations": 0}}, "g2_iterations"),
+    ({"schedule": {"train_iterations": 0}}, "train_iterations"),
 ])
 def test_bad_configs_are_one_line_errors(folders, over, message):
     with pytest.raises(ValueError, match=message):
         golf_config_from_dict(_raw(folders, **over))
 
 
-def test_init_continues_a_trained_model_with_a_longer_g2_unroll(folders, tmp_path):
+def test_init_continues_a_trained_model_with_a_longer_unroll(folders, tmp_path):
     import jaxrestore.train.golf as tg
 
     first = train_golf(golf_config_from_dict(_raw(folders, schedule={"g2_steps": 2, "g1_steps": 1}),
                                              out_dir=tmp_path / "first"), progress=False)
     c = golf_config_from_dict(_raw(folders, model={"init": str(first.weights)},
-                                   schedule={"g2_iterations": 4, "g2_steps": 1, "g1_steps": 1}),
+                                   schedule={"train_iterations": 4, "g2_steps": 1, "g1_steps": 1}),
                               out_dir=tmp_path / "second")
-    assert c.g2_iterations == 4 and c.iterations == 2
+    assert c.train_iterations == 4 and c.iterations == 2
     seen = []
     original = tg.train_step
 
@@ -166,8 +166,8 @@ def test_init_continues_a_trained_model_with_a_longer_g2_unroll(folders, tmp_pat
         result = train_golf(c, progress=False)
     finally:
         tg.train_step = original
-    # the G2 stage unrolls g2_iterations, the G1 stage the test-time K
-    assert [(st, k) for st, k, _ in seen] == [("g2", 4), ("g1", 2)]
+    # both stages unroll train_iterations (validation reports the test-time K and the longer one)
+    assert [(st, k) for st, k, _ in seen] == [("g2", 4), ("g1", 4)]
     # and it started from the first run's weights, not from the seed's initialisation
     start = _flat(split(load_golf(first.weights))[1])
     for k, v in seen[0][2].items():
@@ -175,7 +175,7 @@ def test_init_continues_a_trained_model_with_a_longer_g2_unroll(folders, tmp_pat
     records = read_metrics(tmp_path / "second" / "metrics.jsonl")
     assert "val_psnr_golf4" in records[0] and np.isfinite(records[0]["val_psnr_golf4"])
     meta = golf_metadata(result.weights)
-    assert meta["g2_iterations"] == 4 and meta["init"] == str(first.weights)
+    assert meta["train_iterations"] == 4 and meta["iterations"] == 2 and meta["init"] == str(first.weights)
     # an init of other widths is refused by name
     bad = _raw(folders, model={"init": str(first.weights), "g1_width": 4})
     with pytest.raises(ValueError, match="G1 of width 3, the config asks for 4"):

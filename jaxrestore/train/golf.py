@@ -6,20 +6,23 @@ perceptual term, ``phi`` a feature extractor, :mod:`jaxrestore.models.features`)
 iterations (``schedule.iterations``, 3 by default) and ``x_{k+1} = x_k + R2(x_k)``:
 
 * stage ``g2`` (the paper's eq. 4, ``G2`` trained recurrently on the blurred image itself), over
-  ``K2`` iterations (``schedule.g2_iterations``, default ``K``; a ``K2`` above the ``K`` used at
+  ``T`` iterations (``schedule.train_iterations``, default ``K``; a ``T`` above the ``K`` used at
   test time teaches ``G2`` to keep improving, or at least to hold, on its own later states)::
 
-      L2 = 1/K2 sum_{k=1..K2} l(x_k, x),   x_0 = y
+      L2 = 1/T sum_{k=1..T} l(x_k, x),   x_0 = y
 
 * stage ``g1`` (eq. 6, ``G2`` fixed; our reading of its garbled text): ``G1`` gets the same
   composition target with its own output as the start, so that ``x_0 = G1(y)`` is both close to
   the sharp image (the ``k = 0`` term) and a state from which the fixed ``G2`` keeps improving
   (the ``k >= 1`` terms: ``G1``'s output must lie where ``G2`` was trained to work)::
 
-      L1 = 1/(K+1) sum_{k=0..K} l(x_k, x),   x_0 = G1(y)
+      L1 = 1/(T+1) sum_{k=0..T} l(x_k, x),   x_0 = G1(y)
+
+  (with ``T > K`` this stage needs the long unroll too: trained over ``K = 3`` only, a ``G1``
+  moved its output to where three steps of ``G2`` are best and ten are 0.5 dB worse)
 
 ``model.init`` (a ``golf_*.npz`` of the same widths) starts both networks from trained weights
-instead of the random initialisation, e.g. to continue a shipped model with a longer ``K2``.
+instead of the random initialisation, e.g. to continue a shipped model with a longer ``T``.
 
 Each stage has its own Adam with a learning rate decayed exponentially from ``lr`` to ``lr_end``
 over the stage; the other network's updates are zero. The exported model is the best validation
@@ -43,7 +46,7 @@ Schema (every key optional; unknown keys are errors)::
            val_pairs: null, crop: 64, val_crop: 128, val_limit: 8}
     blur: {size: 31, min_length: 5, noise_max: 2.55}
     loss: {perceptual: 0.01, features: random}   # weight 0: MSE only
-    schedule: {batch_size: 4, iterations: 3, g2_iterations: 3, g2_steps: 2500, g1_steps: 1500, lr: 2.0e-4, lr_end: 2.0e-5,
+    schedule: {batch_size: 4, iterations: 3, train_iterations: 3, g2_steps: 2500, g1_steps: 1500, lr: 2.0e-4, lr_end: 2.0e-5,
                validate_every: 250, log_every: 10}
     checkpoint: {every: 250, keep: 2}
     mesh: {devices: null}
@@ -96,7 +99,7 @@ class GolfTrainConfig:
     features: str
     batch_size: int
     iterations: int
-    g2_iterations: int
+    train_iterations: int
     g2_steps: int
     g1_steps: int
     lr: float
@@ -163,7 +166,7 @@ def golf_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> GolfT
     s = top.sub("schedule")
     batch_size = s.integer("batch_size", 4, minimum=1)
     iterations = s.integer("iterations", 3, minimum=1)
-    g2_iterations = s.integer("g2_iterations", iterations, minimum=1)
+    train_iterations = s.integer("train_iterations", iterations, minimum=1)
     g2_steps, g1_steps = s.integer("g2_steps", 2500, minimum=1), s.integer("g1_steps", 1500, minimum=1)
     lr, lr_end = s.decaying_lr(2e-4, lambda lr: lr / 10)
     validate_every = s.integer("validate_every", 250, minimum=1)
@@ -178,7 +181,7 @@ def golf_config_from_dict(raw, *, source: str = "<dict>", out_dir=None) -> GolfT
     out = top.out_dir(out_dir, "golf", name)
     top.done()
     return GolfTrainConfig(g1, g2, train, val, pairs, val_pairs, crop, val_crop, val_limit, size, float(min_length),
-                           float(noise_max), float(perceptual), features, batch_size, iterations, g2_iterations, g2_steps,
+                           float(noise_max), float(perceptual), features, batch_size, iterations, train_iterations, g2_steps,
                            g1_steps, lr, lr_end, validate_every, log_every, every, keep, seed, out, name, source, devices,
                            init)
 
@@ -349,8 +352,7 @@ def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps
             raw = source.batch(key[0], i, c.batch_size)
             batch = par.shard(raw) if synthetic else tuple(par.shard(a) for a in raw)
             return train_step(params, opt_state, batch, feature_params, key[0], np.uint32(i), graphdefs=graphdefs,
-                              tx=tx[stage], stage=stage,
-                              iterations=c.g2_iterations if stage == "g2" else c.iterations, perceptual=c.perceptual,
+                              tx=tx[stage], stage=stage, iterations=c.train_iterations, perceptual=c.perceptual,
                               features_fn=features_fn, size=c.kernel_size, min_length=c.min_length,
                               noise_max=c.noise_max / 255.0, synthetic=synthetic)
         return step
@@ -358,7 +360,7 @@ def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps
     def validate_for(stage):
         def validate(params):
             parts = [[] for _ in range(5)]
-            long = max(c.iterations, c.g2_iterations)
+            long = max(c.iterations, c.train_iterations)
             for j in range(0, len(val_y), 4):
                 for acc, v in zip(parts, _val_batch(params, jnp.asarray(val_y[j:j + 4]), jnp.asarray(val_x[j:j + 4]),
                                                     graphdefs=graphdefs, iterations=c.iterations, long=long)):
@@ -376,7 +378,7 @@ def train_golf(config: GolfTrainConfig, *, resume: bool | None = None, max_steps
 
     def export(params, best_step, best_fields, elapsed):
         meta = {"step": best_step, **(best_fields or {}), "iterations": c.iterations,
-                "g2_iterations": c.g2_iterations, "init": None if c.init is None else str(c.init), "val_crop": c.val_crop,
+                "train_iterations": c.train_iterations, "init": None if c.init is None else str(c.init), "val_crop": c.val_crop,
                 "val_limit": c.val_limit, "train_minutes": round(elapsed / 60, 2), "train_config": c.to_dict()}
         return save_golf(merge_golf(graphdefs, params), c.out_dir / f"golf_{c.name}.npz", meta)
 
