@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                     "reg-gd: PnP gradient descent with the learned regularising gradient G (PnP-ReG), for a blur,\n"
                     "  --scale 2 or inpainting (--mask FILE or --keep P --seed N).\n"
                     "golf: blind deblurring (no kernel): the Golf Optimizer's first step G1, then --iterations\n"
-                    "  (default 3) steps of its learned prior gradient G2 (shipped golf_cpu, or --weights).\n"
+                    "  (default 3) steps of its learned prior gradient G2 (shipped golf_cpu-long, or --weights).\n"
                     "--kernels KDIR: each image with its own kernel KDIR/<stem>.npy or .png (var, wiener,\n"
                     "  pnp-admm; no preset, so the parameters follow the noise level), all kernels checked first.\n"
                     "Results are clipped to [0, 1] and written as 8-bit images.")

@@ -93,7 +93,7 @@ def shipped_suppa(task: str = "deblur") -> Path | None:
 
 
 # the blind deblurrer `jaxrestore restore --method golf` and benchmarks/golf_table.py use by default
-DEFAULT_GOLF = "cpu"
+DEFAULT_GOLF = "cpu-long"
 
 
 def golf_path(name: str = DEFAULT_GOLF) -> Path:
@@ -102,8 +102,9 @@ def golf_path(name: str = DEFAULT_GOLF) -> Path:
 
 
 def golf(name: str = DEFAULT_GOLF):
-    """Our trained :class:`~jaxrestore.models.golf.Golf` blind deblurrer (``cpu``: trained by
-    ``jaxrestore train golf/cpu`` on synthetic camera shake). Raises ``ValueError`` if none is
+    """Our trained :class:`~jaxrestore.models.golf.Golf` blind deblurrer (``cpu-long``, the
+    default: ``jaxrestore train golf/cpu-long``, which continues ``cpu``, ``jaxrestore train
+    golf/cpu``, unrolled over 10 iterations; both on synthetic camera shake). Raises ``ValueError`` if none is
     shipped under that name."""
     path = _shipped("golf", name, "Golf", f"train them with `jaxrestore train golf/{name}` and pass the "
                     f"golf_{name}.npz it writes")
