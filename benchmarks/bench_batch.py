@@ -88,7 +88,7 @@ def bench(method: str, n: int, size: int, kernel_size: int, iterations: int | No
     y_list = [ys_dev[i] for i in range(n)]
     p_list = [{k: v[i] for k, v in params_dev.items()} for i in range(n)]
 
-    auto = batch.cpu_batch_size() if jax.default_backend() == "cpu" else None
+    auto = batch.auto_batch_size()
     impls = {
         "jit(vmap)": lambda: batch._restore_chunk(ops, ys_dev, params_dev, net, strategy="vmap", **static),
         f"jit(batched), chunks of {auto or n} (README)":

@@ -37,7 +37,7 @@ from _common import fail, markdown_table, write_json  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxrestore.batch import batched, cpu_batch_size  # noqa: E402
+from jaxrestore.batch import auto_batch_size, batched  # noqa: E402
 from jaxrestore.kernels import random_motion  # noqa: E402
 from jaxrestore.operators import Blur  # noqa: E402
 from jaxrestore.prox import barrier_prox  # noqa: E402
@@ -277,8 +277,7 @@ def bench_restore(images: int, size: int, kernel_size: int, iters: int, repeats:
         "lax_map": {**_strip(t_map), "images_per_s": images / t_map["median_s"], "traces": traces["lax_map"],
                     "calls": calls},
         "batched": {**_strip(t_batched), "images_per_s": images / t_batched["median_s"],
-                    "traces": traces["batched"], "calls": calls, "batch_size": cpu_batch_size()
-                    if jax.default_backend() == "cpu" else images},
+                    "traces": traces["batched"], "calls": calls, "batch_size": auto_batch_size() or images},
         "ratio_batched_over_vmap": t_batched["median_s"] / t_vmap["median_s"],
         "max_abs_diff_batched_vs_vmap": abs_b,
         "max_rel_diff_batched_vs_vmap": rel_b,

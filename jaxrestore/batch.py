@@ -64,6 +64,12 @@ def cpu_batch_size() -> int:
     return max(2, cores)
 
 
+def auto_batch_size() -> int | None:
+    """The chunk of ``batched(batch_size="auto")``: :func:`cpu_batch_size` on CPU, ``None`` (the
+    whole batch, one ``vmap``) on accelerators."""
+    return cpu_batch_size() if jax.default_backend() == "cpu" else None
+
+
 def _check_in_axes(in_axes, n_args: int) -> tuple:
     axes = (in_axes,) * n_args if not isinstance(in_axes, (tuple, list)) else tuple(in_axes)
     if len(axes) != n_args or any(a not in (0, None) or isinstance(a, bool) for a in axes):
@@ -83,14 +89,16 @@ def batched(f: Callable, *, in_axes=0, batch_size: int | str | None = "auto") ->
     images, one chunk after another. On CPU an iterative solver's state for a few images stays
     in cache for all its iterations, where ``vmap`` of the whole batch streams every image's
     state through memory at every iteration: ``python benchmarks/bench_batch.py`` on 2 cores
-    printed 48 img/s for chunks of 2 against 27 for ``vmap`` (VAR, 32 images 128x128); on
+    printed 42.1 img/s for chunks of 2 against 25.6 for ``vmap`` and 32.5 for ``lax.map`` (VAR,
+    32 images 128x128; on 64x64 images ``lax.map`` was faster, see docs/performance.md); on
     accelerators ``vmap`` of the whole batch is the fast form.
 
     Args:
       f: the single-image function (e.g. a solver run for one operator and one image).
       in_axes: ``0`` (every positional argument mapped over its leading axis), or a tuple with
         ``0`` or ``None`` (broadcast, e.g. shared network parameters) per argument.
-      batch_size: ``"auto"`` (:func:`cpu_batch_size` on CPU, the whole batch elsewhere), ``None``
+      batch_size: ``"auto"`` (:func:`auto_batch_size`: :func:`cpu_batch_size` on CPU, the whole
+        batch elsewhere), ``None``
         (the whole batch: plain ``vmap``) or a positive integer (``1`` is a plain ``lax.map``).
     """
     if not callable(f):
@@ -108,9 +116,7 @@ def batched(f: Callable, *, in_axes=0, batch_size: int | str | None = "auto") ->
             raise ValueError("batched: every mapped argument's leaves need one common leading axis; "
                              f"found leading sizes {sorted(sizes)} (-1: a scalar leaf)")
         n = sizes.pop()
-        size = batch_size
-        if size == "auto":
-            size = cpu_batch_size() if jax.default_backend() == "cpu" else None
+        size = auto_batch_size() if batch_size == "auto" else batch_size
         if size is None or size >= n:
             return jax.vmap(f, in_axes=axes)(*args)
         mapped_args = tuple(a for a, ax in zip(args, axes) if ax == 0)
@@ -469,5 +475,5 @@ def restore_batch(method: str, ys, kernels, *, convention: str = "convolution", 
     return np.stack(out) if stacked else out
 
 
-__all__ = ["METHODS", "STRATEGIES", "WIENER_LAM_SCALE", "batched", "cpu_batch_size", "iter_restore_batch",
+__all__ = ["METHODS", "STRATEGIES", "WIENER_LAM_SCALE", "auto_batch_size", "batched", "cpu_batch_size", "iter_restore_batch",
            "restore_batch"]
